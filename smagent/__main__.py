@@ -1,0 +1,3 @@
+from smagent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""What runs after a pass changed files: signals by pidfile or systemd unit, and commands.
+
+Actions are coalesced: each distinct action runs once per pass, after every
+file of that pass is written, so two files that feed one pgbouncer give it
+one SIGHUP and the process never reloads half-updated config. A failing
+action is reported and never raises: the files are already correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from smagent.config import Action, CommandAction, SignalPidfileAction, SignalUnitAction
+from smagent.logging import REDACTOR, get_logger
+
+log = get_logger()
+
+SYSTEMCTL_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    action: str
+    ok: bool
+    detail: str = ""
+
+
+def action_key(action: Action) -> tuple[object, ...]:
+    """A hashable identity: two templates naming the same action share one run."""
+    if isinstance(action, CommandAction):
+        return ("command", tuple(action.command), float(action.timeout))
+    if isinstance(action, SignalUnitAction):
+        return ("unit", str(action.signal), action.systemd_unit)
+    return ("pidfile", str(action.signal), action.pidfile)
+
+
+def describe(action: Action) -> str:
+    if isinstance(action, CommandAction):
+        return "command " + " ".join(action.command)
+    if isinstance(action, SignalUnitAction):
+        return f"signal {action.signal} to unit {action.systemd_unit}"
+    return f"signal {action.signal} to the pid in {action.pidfile}"
+
+
+def coalesce(actions: Iterable[Action]) -> list[Action]:
+    seen: set[tuple[object, ...]] = set()
+    unique: list[Action] = []
+    for action in actions:
+        key = action_key(action)
+        if key not in seen:
+            seen.add(key)
+            unique.append(action)
+    return unique
+
+
+async def run_actions(actions: Iterable[Action]) -> list[ActionResult]:
+    """Run each distinct action once, in the order first named."""
+    results = []
+    for action in coalesce(actions):
+        result = await run_action(action)
+        if result.ok:
+            log.info("action.ran", action=result.action, detail=result.detail)
+        else:
+            log.error("action.failed", action=result.action, error=result.detail)
+        results.append(result)
+    return results
+
+
+async def run_action(action: Action) -> ActionResult:
+    label = describe(action)
+    try:
+        if isinstance(action, CommandAction):
+            detail = await _run_command(list(action.command), float(action.timeout))
+        elif isinstance(action, SignalUnitAction):
+            detail = await _signal_unit(action)
+        else:
+            detail = await _signal_pidfile(action)
+    except ActionFailed as exc:
+        return ActionResult(label, False, str(exc))
+    return ActionResult(label, True, detail)
+
+
+class ActionFailed(Exception):
+    pass
+
+
+async def _signal_pidfile(action: SignalPidfileAction) -> str:
+    try:
+        text = await asyncio.to_thread(_read_small, action.pidfile)
+    except FileNotFoundError:
+        raise ActionFailed(f"pidfile {action.pidfile} not found") from None
+    except OSError as exc:
+        raise ActionFailed(f"cannot read pidfile {action.pidfile}: {exc.strerror}") from None
+    first = text.strip().split()[0] if text.strip() else ""
+    if not first.isdigit() or int(first) <= 1:
+        raise ActionFailed(f"pidfile {action.pidfile} holds no usable process id")
+    pid = int(first)
+    try:
+        os.kill(pid, action.signal.number)
+    except ProcessLookupError:
+        raise ActionFailed(f"no process {pid} (from {action.pidfile})") from None
+    except PermissionError:
+        raise ActionFailed(f"not allowed to signal process {pid} (from {action.pidfile})") from None
+    return f"sent SIG{action.signal} to {pid}"
+
+
+def _read_small(path: str) -> str:
+    with open(path, encoding="ascii", errors="replace") as fh:
+        return fh.read(64)
+
+
+async def _signal_unit(action: SignalUnitAction) -> str:
+    argv = [
+        "systemctl",
+        "kill",
+        "--kill-whom=main",
+        f"--signal=SIG{action.signal}",
+        "--",
+        action.systemd_unit,
+    ]
+    await _run_command(argv, SYSTEMCTL_TIMEOUT)
+    return f"sent SIG{action.signal} to {action.systemd_unit}"
+
+
+async def _run_command(argv: list[str], timeout: float) -> str:
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise ActionFailed(f"command not found: {argv[0]}") from None
+    except PermissionError:
+        raise ActionFailed(f"command not executable: {argv[0]}") from None
+    try:
+        async with asyncio.timeout(timeout):
+            _, stderr = await process.communicate()
+    except TimeoutError:
+        _kill_group(process.pid)
+        await process.wait()
+        raise ActionFailed(f"timed out after {timeout:g}s and was killed") from None
+    if process.returncode != 0:
+        tail = REDACTOR.scrub(stderr.decode("utf-8", "replace").strip()[-300:])
+        suffix = f": {tail}" if tail else ""
+        raise ActionFailed(f"exited with status {process.returncode}{suffix}")
+    return "exited 0"
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,318 @@
+"""Command line: argument parsing and exit codes; the work happens elsewhere.
+
+Exit codes are a contract (SPEC section 1): 0 all good, 1 at least one
+template, reference or action failed (the others were still done), 2 a usage
+or configuration error (nothing written). Heavy modules (Jinja, providers)
+are imported inside the commands that need them, so `--version` and config
+errors answer fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from smagent import __version__
+from smagent.config import Config, ConfigError, find_config_path, load_config
+from smagent.logging import REDACTOR, configure, get_logger
+
+if TYPE_CHECKING:
+    from smagent.pipeline import PassResult
+    from smagent.providers.base import Provider
+    from smagent.references import Lookup
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MASK = "********"
+
+
+class UsageError(Exception):
+    """Bad arguments or config: exit 2, nothing written."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure(args.log_format, args.log_level)
+    try:
+        result: int = args.handler(args)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            _error(str(issue))
+        return EXIT_USAGE
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `smagent check | head`: not an error worth a traceback
+        _silence_stdout()
+        return result if "result" in locals() else EXIT_OK
+    return result
+
+
+def _silence_stdout() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _error(message: str) -> None:
+    print(f"error: {REDACTOR.scrub(message)}", file=sys.stderr)
+
+
+def _out(line: str = "", *, scrub: bool = True) -> None:
+    """stdout; `scrub=False` only for lines made of config text (paths, names)."""
+    print(REDACTOR.scrub(line) if scrub else line)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(find_config_path(args.config))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    if not args.once and not args.dry_run:
+        raise UsageError(
+            "the long-running agent (render without --once) is not available in this version "
+            "yet; run `smagent render --once`"
+        )
+    config = _load(args)
+    templates = config.select(args.template or [])
+    result = asyncio.run(_with_providers(config, _render, config, templates, args.dry_run))
+    if args.dry_run:
+        _print_dry_run(result)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+async def _render(
+    providers: dict[str, Provider], config: Config, templates: Any, dry_run: bool
+) -> PassResult:
+    from smagent.pipeline import Pipeline
+
+    return await Pipeline(config, providers).run(templates, dry_run=dry_run)
+
+
+def _print_dry_run(result: PassResult) -> None:
+    from smagent.pipeline import Status
+
+    width = max((len(s.value) for s in Status), default=0)
+    for item in result.templates:
+        line = f"{item.status.value:<{width}}  {item.template.destination}  ({item.template.name})"
+        if item.changed_lines:
+            line += f"  lines {_ranges(item.changed_lines)} differ"
+        _out(line, scrub=False)
+        for problem in item.problems:
+            _out(f"    {problem}")
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(parts)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _out(
+        f"config ok: {config.path} ({len(config.providers)} providers, "
+        f"{len(config.namespaces)} namespaces, {len(config.templates)} templates)"
+    )
+    return int(asyncio.run(_with_providers(config, _check, config, args.connect)))
+
+
+async def _check(providers: dict[str, Provider], config: Config, connect: bool) -> int:
+    from smagent.pipeline import Pipeline
+    from smagent.resolver import Resolver
+
+    pipeline = Pipeline(config, providers)
+    resolver = Resolver(providers if connect else {}, float(config.defaults.fetch_timeout))
+    if connect:
+        outcomes = await pipeline.render_all(config.templates, resolver)
+    else:
+        outcomes = [pipeline.renderer.render(t, {}) for t in config.templates]
+    failed = False
+    for template, outcome in zip(config.templates, outcomes, strict=True):
+        _out(f"{template.name} -> {template.destination}", scrub=False)
+        for lookup in _deepest(outcome.lookups):
+            found = resolver.results.get(lookup.ref)
+            status = "" if found is None else ("  failed" if _is_error(found) else "  ok")
+            _out(f"    {lookup}{status}")
+        for problem in outcome.problems:
+            _out(f"    error: {problem}")
+            failed = True
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _deepest(lookups: frozenset[Lookup]) -> list[Lookup]:
+    """`secrets.db.password` records `db` then `db.password`: list only the latter."""
+    return sorted(
+        lookup
+        for lookup in lookups
+        if not any(
+            other.ref == lookup.ref
+            and len(other.key) > len(lookup.key)
+            and other.key[: len(lookup.key)] == lookup.key
+            for other in lookups
+        )
+    )
+
+
+def _is_error(value: object) -> bool:
+    from smagent.providers.base import ProviderError
+
+    return isinstance(value, ProviderError)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from smagent.references import ReferenceSyntaxError, parse_reference_text
+
+    config = _load(args)
+    try:
+        lookup = parse_reference_text(args.reference, config.namespaces, set(config.providers))
+    except ReferenceSyntaxError as exc:
+        raise UsageError(str(exc)) from None
+    return int(asyncio.run(_with_providers(config, _get, config, lookup, args.reveal)))
+
+
+async def _get(providers: dict[str, Provider], config: Config, lookup: Lookup, reveal: bool) -> int:
+    from smagent.providers.base import ProviderError
+    from smagent.render import ReferenceProblem, extract
+    from smagent.resolver import Resolver
+
+    resolver = Resolver(providers, float(config.defaults.fetch_timeout))
+    result = (await resolver.resolve([lookup.ref]))[lookup.ref]
+    if isinstance(result, ProviderError):
+        _error(f"{lookup}: {result.kind}: {result.detail}")
+        return EXIT_FAILED
+    try:
+        value = extract(lookup, result)
+    except ReferenceProblem as exc:
+        _error(f"{lookup}: {exc}")
+        return EXIT_FAILED
+    if not reveal:
+        _out(MASK)
+    elif isinstance(value, bytes):
+        sys.stdout.buffer.write(value)
+        sys.stdout.flush()
+    else:
+        print(value)
+    return EXIT_OK
+
+
+def cmd_test_connection(args: argparse.Namespace) -> int:
+    config = _load(args)
+    names = args.providers or list(config.providers)
+    unknown = [n for n in names if n not in config.providers]
+    if unknown:
+        known = ", ".join(config.providers) or "none"
+        raise UsageError(f"unknown provider(s) {', '.join(unknown)} (providers: {known})")
+    return int(asyncio.run(_with_providers(config, _test_connection, config, names)))
+
+
+async def _test_connection(providers: dict[str, Provider], config: Config, names: list[str]) -> int:
+    from smagent.providers.base import ProviderError
+
+    failed = False
+    for name in names:
+        kind = type(config.providers[name]).__struct_config__.tag
+        try:
+            await providers[name].test_connection()
+        except ProviderError as exc:
+            _out(f"{name} ({kind}): failed: {exc.kind}: {exc.detail}")
+            failed = True
+        else:
+            _out(f"{name} ({kind}): ok")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _with_providers(config: Config, command: Any, *args: Any) -> Any:
+    """Create the configured providers, run `command(providers, *args)`, always close them."""
+    from smagent.providers import ProviderSetupError, close_providers, create_providers
+
+    try:
+        providers = create_providers(config.providers)
+    except ProviderSetupError as exc:
+        raise UsageError(f"{config.path}: {exc}") from None
+    try:
+        return await command(providers, *args)
+    finally:
+        await close_providers(providers)
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="smagent",
+        description="Keep config files filled with secrets from AWS, Azure, Vault, a file or env.",
+    )
+    _global_options(parser, None)
+    parser.add_argument("--version", action="version", version=f"smagent {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    render = commands.add_parser("render", parents=[common], help="render templates into files")
+    render.add_argument("--once", action="store_true", help="one pass, then exit")
+    render.add_argument(
+        "--dry-run", action="store_true", help="write nothing, run nothing; show what would change"
+    )
+    render.add_argument(
+        "--template",
+        action="append",
+        metavar="NAME",
+        help="only this template (its name, source or destination); repeatable",
+    )
+    render.set_defaults(handler=cmd_render)
+
+    check = commands.add_parser(
+        "check", parents=[common], help="validate the config and templates; list references"
+    )
+    check.add_argument("--connect", action="store_true", help="also resolve every reference")
+    check.set_defaults(handler=cmd_check)
+
+    get = commands.add_parser("get", parents=[common], help="resolve one reference")
+    get.add_argument(
+        "reference", help="NS/KEY, secrets.NS.KEY, PROVIDER:SECRET_ID or arcion-sm://NS/KEY"
+    )
+    get.add_argument("--reveal", action="store_true", help="print the value instead of ********")
+    get.set_defaults(handler=cmd_get)
+
+    test = commands.add_parser(
+        "test-connection", parents=[common], help="authenticate to providers; one cheap read"
+    )
+    test.add_argument("providers", nargs="*", metavar="PROVIDER")
+    test.set_defaults(handler=cmd_test_connection)
+    return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help="config file (default: $SMAGENT_CONFIG, ./smagent.yaml, /etc/smagent/smagent.yaml)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default=default if default is not None else "auto",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=default if default is not None else "info",
+    )

@@ -1,0 +1,209 @@
+"""One pass: discover references -> resolve -> render -> write -> actions.
+
+`render --once` is one call of `Pipeline.run`; the agent will call the same
+pass again for the templates whose inputs changed. Rendering happens in
+rounds (see render.py): every template is rendered with what is known, the
+union of what they are missing is fetched concurrently, and only templates
+still missing something are rendered again.
+
+A template is written only from a complete round with no failed reference,
+so a failed fetch or a bad template leaves the previous file exactly as it
+was; the other templates are still written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import enum
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from smagent import writer
+from smagent.actions import ActionResult, run_actions
+from smagent.config import Config, Template
+from smagent.logging import get_logger
+from smagent.providers.base import Provider
+from smagent.references import Lookup, SecretRef
+from smagent.render import Problem, Renderer, RenderOutcome
+from smagent.resolver import Resolver
+
+log = get_logger()
+
+MAX_ROUNDS = 8
+
+
+class Status(enum.Enum):
+    WRITTEN = "written"
+    UNCHANGED = "unchanged"
+    METADATA_FIXED = "mode/owner fixed"
+    WOULD_WRITE = "would change"
+    WOULD_FIX_METADATA = "would fix mode/owner"
+    WOULD_KEEP = "would not change"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateResult:
+    template: Template
+    status: Status
+    lookups: frozenset[Lookup] = frozenset()
+    problems: tuple[Problem, ...] = ()
+    changed_lines: tuple[int, ...] = ()
+    """For --dry-run: the line numbers of the new file that differ (never their text)."""
+
+
+@dataclass(slots=True)
+class PassResult:
+    templates: list[TemplateResult] = field(default_factory=list)
+    actions: list[ActionResult] = field(default_factory=list)
+    fetched: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(t.status is not Status.FAILED for t in self.templates) and all(
+            a.ok for a in self.actions
+        )
+
+
+class Pipeline:
+    def __init__(self, config: Config, providers: Mapping[str, Provider]) -> None:
+        self.config = config
+        self.providers = providers
+        self.renderer = Renderer(config)
+
+    async def run(
+        self, templates: Sequence[Template] | None = None, *, dry_run: bool = False
+    ) -> PassResult:
+        started = time.monotonic()
+        chosen = list(self.config.templates if templates is None else templates)
+        if not dry_run:
+            await asyncio.to_thread(_clean_temp_files, chosen)
+        resolver = Resolver(self.providers, float(self.config.defaults.fetch_timeout))
+        outcomes = await self.render_all(chosen, resolver)
+        result = PassResult(fetched=resolver.requests)
+        for template, outcome in zip(chosen, outcomes, strict=True):
+            result.templates.append(await self._finish(template, outcome, dry_run))
+        if not dry_run:
+            changed = [t for t in result.templates if t.status is Status.WRITTEN]
+            result.actions = await run_actions(a for t in changed for a in t.template.on_change)
+        counts = {s.value: sum(t.status is s for t in result.templates) for s in Status}
+        log.info(
+            "pass.finished",
+            **{k.replace(" ", "_").replace("/", "_"): v for k, v in counts.items() if v},
+            secrets_fetched=resolver.requests,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return result
+
+    async def render_all(
+        self, templates: Sequence[Template], resolver: Resolver
+    ) -> list[RenderOutcome]:
+        """Render in rounds until every template is complete or failed."""
+        outcomes: dict[int, RenderOutcome] = {}
+        pending = list(range(len(templates)))
+        for _ in range(MAX_ROUNDS):
+            values = dict(resolver.results)
+            rendered = await asyncio.gather(
+                *(asyncio.to_thread(self.renderer.render, templates[i], values) for i in pending)
+            )
+            missing: set[SecretRef] = set()
+            still: list[int] = []
+            for index, outcome in zip(pending, rendered, strict=True):
+                outcomes[index] = outcome
+                if outcome.missing:
+                    still.append(index)
+                    missing |= outcome.missing
+            if not still:
+                break
+            await resolver.resolve(missing)
+            pending = still
+        else:
+            for index in pending:
+                label = self.renderer.template_file(templates[index])
+                problem = Problem(
+                    f"references still unresolved after {MAX_ROUNDS} rounds "
+                    "(each depends on the value of the one before)",
+                    label,
+                )
+                outcomes[index] = RenderOutcome(outcomes[index].lookups, problems=(problem,))
+        return [outcomes[i] for i in range(len(templates))]
+
+    async def _finish(
+        self, template: Template, outcome: RenderOutcome, dry_run: bool
+    ) -> TemplateResult:
+        name = template.name
+        if outcome.output is None:
+            for problem in outcome.problems:
+                if problem.error is not None:
+                    log.error(
+                        "reference.failed",
+                        template=name,
+                        reference=str(problem.lookup),
+                        error=problem.error.kind,
+                        detail=problem.error.detail,
+                    )
+                else:
+                    log.error("template.failed", template=name, error=str(problem))
+            return TemplateResult(template, Status.FAILED, outcome.lookups, outcome.problems)
+        spec = writer.FileSpec(template.destination, template.mode, template.owner, template.group)
+        try:
+            if dry_run:
+                return await self._dry_run(template, spec, outcome)
+            written = await writer.write_file_async(spec, outcome.output)
+        except (writer.WriteError, ValueError) as exc:
+            problem = Problem(str(exc), str(template.destination))
+            log.error("template.failed", template=name, error=str(problem))
+            return TemplateResult(template, Status.FAILED, outcome.lookups, (problem,))
+        status = {
+            writer.WriteOutcome.WRITTEN: Status.WRITTEN,
+            writer.WriteOutcome.UNCHANGED: Status.UNCHANGED,
+            writer.WriteOutcome.METADATA_FIXED: Status.METADATA_FIXED,
+        }[written]
+        event = {
+            Status.WRITTEN: "template.rendered",
+            Status.UNCHANGED: "template.unchanged",
+            Status.METADATA_FIXED: "template.metadata_fixed",
+        }[status]
+        log.info(event, template=name, destination=str(template.destination))
+        return TemplateResult(template, status, outcome.lookups)
+
+    async def _dry_run(
+        self, template: Template, spec: writer.FileSpec, outcome: RenderOutcome
+    ) -> TemplateResult:
+        assert outcome.output is not None
+        would = await asyncio.to_thread(writer.compare, spec, outcome.output)
+        if would is writer.WriteOutcome.UNCHANGED:
+            return TemplateResult(template, Status.WOULD_KEEP, outcome.lookups)
+        if would is writer.WriteOutcome.METADATA_FIXED:
+            return TemplateResult(template, Status.WOULD_FIX_METADATA, outcome.lookups)
+        lines = await asyncio.to_thread(_changed_lines, template, outcome.output)
+        return TemplateResult(template, Status.WOULD_WRITE, outcome.lookups, changed_lines=lines)
+
+
+def _changed_lines(template: Template, new: bytes) -> tuple[int, ...]:
+    """Line numbers (1-based, in the new file) that differ from the file on disk."""
+    try:
+        fd = os.open(template.destination, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            old = fh.read()
+    except OSError:
+        old = b""
+    new_lines = new.splitlines()
+    matcher = difflib.SequenceMatcher(None, old.splitlines(), new_lines, autojunk=False)
+    changed: list[int] = []
+    for tag, _, _, j1, j2 in matcher.get_opcodes():
+        if tag in ("replace", "insert"):
+            changed.extend(range(j1 + 1, j2 + 1))
+        elif tag == "delete" and not changed[-1:] == [j1]:
+            changed.append(max(j1, 1))
+    return tuple(sorted(set(changed)))
+
+
+def _clean_temp_files(templates: Sequence[Template]) -> None:
+    """Leftovers of a crash mid-write are removed before anything else (SPEC section 4)."""
+    for template in templates:
+        for path in writer.clean_stale_temp_files(template.destination):
+            log.warning("tempfile.removed", path=str(path), template=template.name)
