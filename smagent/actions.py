@@ -9,10 +9,13 @@ action is reported and never raises: the files are already correct.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import IO
 
 from smagent.config import Action, CommandAction, SignalPidfileAction, SignalUnitAction
 from smagent.logging import REDACTOR, get_logger
@@ -96,7 +99,7 @@ async def _signal_pidfile(action: SignalPidfileAction) -> str:
     except OSError as exc:
         raise ActionFailed(f"cannot read pidfile {action.pidfile}: {exc.strerror}") from None
     first = text.strip().split()[0] if text.strip() else ""
-    if not first.isdigit() or int(first) <= 1:
+    if not first.isdigit() or not 1 < int(first) < 2**31:
         raise ActionFailed(f"pidfile {action.pidfile} holds no usable process id")
     pid = int(first)
     try:
@@ -126,35 +129,52 @@ async def _signal_unit(action: SignalUnitAction) -> str:
     return f"sent SIG{action.signal} to {action.systemd_unit}"
 
 
-async def _run_command(argv: list[str], timeout: float) -> str:
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        raise ActionFailed(f"command not found: {argv[0]}") from None
-    except PermissionError:
-        raise ActionFailed(f"command not executable: {argv[0]}") from None
-    try:
-        async with asyncio.timeout(timeout):
-            _, stderr = await process.communicate()
-    except TimeoutError:
-        _kill_group(process.pid)
-        await process.wait()
-        raise ActionFailed(f"timed out after {timeout:g}s and was killed") from None
-    if process.returncode != 0:
-        tail = REDACTOR.scrub(stderr.decode("utf-8", "replace").strip()[-300:])
-        suffix = f": {tail}" if tail else ""
-        raise ActionFailed(f"exited with status {process.returncode}{suffix}")
-    return "exited 0"
+async def _run_command(argv: list[str], limit: float) -> str:
+    """Run `argv` (no shell) and wait for it to exit, at most `limit` seconds.
+
+    Waiting is for the process, not for its output to close: a reload command
+    that starts a daemon (which inherits stderr) has finished when it exits.
+    So stderr goes to an anonymous file, not a pipe (asyncio's wait() would
+    also wait for every holder of a pipe to close it). Past the limit the whole
+    process group is killed.
+    """
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=errors,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise ActionFailed(f"command not found: {argv[0]}") from None
+        except PermissionError:
+            raise ActionFailed(f"command not executable: {argv[0]}") from None
+        except OSError as exc:
+            raise ActionFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
+        try:
+            async with asyncio.timeout(limit):
+                await process.wait()
+        except TimeoutError:
+            _kill_group(process.pid)
+            await process.wait()
+            raise ActionFailed(f"timed out after {limit:g}s and was killed") from None
+        if process.returncode == 0:
+            return "exited 0"
+        stderr = await asyncio.to_thread(_tail, errors, 65536)
+    # scrub before cutting: a secret cut in half by the tail would no longer match
+    tail = REDACTOR.scrub(stderr.decode("utf-8", "replace").strip())[-300:]
+    suffix = f": {tail}" if tail else ""
+    raise ActionFailed(f"exited with status {process.returncode}{suffix}")
+
+
+def _tail(file: IO[bytes], size: int) -> bytes:
+    end = file.seek(0, os.SEEK_END)
+    file.seek(max(0, end - size))
+    return file.read()
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

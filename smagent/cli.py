@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from smagent import __version__
 from smagent.config import Config, ConfigError, find_config_path, load_config
-from smagent.logging import REDACTOR, configure, get_logger
+from smagent.logging import REDACTOR, configure
 
 if TYPE_CHECKING:
     from smagent.pipeline import PassResult

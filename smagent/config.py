@@ -264,7 +264,11 @@ class Config:
         chosen: list[Template] = []
         unknown: list[str] = []
         for wanted in names:
-            found = [t for t in self.templates if wanted in _template_aliases(t, self.folder)]
+            found = [
+                t
+                for t in self.templates
+                if {wanted, os.path.normpath(wanted)} & _template_aliases(t, self.folder)
+            ]
             if not found:
                 unknown.append(wanted)
             chosen.extend(t for t in found if t not in chosen)
@@ -405,6 +409,8 @@ class _Builder:
         self.folder = path.parent
         self.raw = raw
         self.issues: list[ConfigIssue] = []
+        self.declared_providers: set[object] = set()
+        """Every provider name in the file, valid or not (an invalid one is reported once)."""
 
     def build(self) -> Config:
         for key in self.raw:
@@ -424,6 +430,7 @@ class _Builder:
     def providers(self) -> dict[str, ProviderConfig]:
         out: dict[str, ProviderConfig] = {}
         for name, raw in self.mapping("providers").items():
+            self.declared_providers.add(name)
             where = f"providers.{name}"
             if not self.check_name(name, where):
                 continue
@@ -463,10 +470,12 @@ class _Builder:
             if ns is None:
                 continue
             if ns.provider not in providers:
-                known = ", ".join(sorted(providers)) or "none declared"
-                self.issue(
-                    f"{where}.provider", f"unknown provider {ns.provider!r} (providers: {known})"
-                )
+                if ns.provider not in self.declared_providers:
+                    known = ", ".join(sorted(map(str, self.declared_providers))) or "none declared"
+                    self.issue(
+                        f"{where}.provider",
+                        f"unknown provider {ns.provider!r} (providers: {known})",
+                    )
                 continue
             version = None if ns.version is None else str(ns.version)
             out[name] = Namespace(name, ns.provider, ns.secret, version, ns.stage)

@@ -197,13 +197,18 @@ def _changed_lines(template: Template, new: bytes) -> tuple[int, ...]:
     for tag, _, _, j1, j2 in matcher.get_opcodes():
         if tag in ("replace", "insert"):
             changed.extend(range(j1 + 1, j2 + 1))
-        elif tag == "delete" and not changed[-1:] == [j1]:
-            changed.append(max(j1, 1))
+        elif tag == "delete":
+            changed.append(max(j1, 1))  # lines removed after line j1 of the new file
     return tuple(sorted(set(changed)))
 
 
 def _clean_temp_files(templates: Sequence[Template]) -> None:
     """Leftovers of a crash mid-write are removed before anything else (SPEC section 4)."""
     for template in templates:
-        for path in writer.clean_stale_temp_files(template.destination):
+        try:
+            removed = writer.clean_stale_temp_files(template.destination)
+        except writer.WriteError as exc:  # the write itself will report the folder's problem
+            log.warning("tempfile.cleanup_failed", template=template.name, error=str(exc))
+            continue
+        for path in removed:
             log.warning("tempfile.removed", path=str(path), template=template.name)

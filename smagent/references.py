@@ -135,6 +135,8 @@ def parse_secret_call(
     namespace = namespaces.get(match["ns"])
     if namespace is None:
         raise ReferenceSyntaxError(_unknown(match["ns"], namespaces, providers, text))
+    if match["key"] == "":
+        raise ReferenceSyntaxError(f"{text!r} ends with '/': name a key after it, or drop the '/'")
     path = split_key(match["key"]) + split_key(key)
     return namespace.lookup(path, version=version, stage=stage)
 

@@ -373,8 +373,16 @@ def _unchanged(path: Path, mtime: int) -> bool:
         return False
 
 
-def _none_as_empty(value: Any) -> Any:
-    return "" if value is None else value
+def _config_text(value: Any) -> Any:
+    """`{{ x }}` of JSON `null`/`true`/`false` writes `` / `true` / `false`, as the secret
+    spells them (and as the filters do), never Python's `None` / `True`."""
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return value
 
 
 def _waits_for_pending(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -416,6 +424,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "b64encode": filters.b64encode,
     "b64decode": filters.b64decode,
     "scram_sha256": _scram,
+    "pgpass_escape": filters.pgpass_escape,
+    "mycnf_quote": filters.mycnf_quote,
 }
 
 
@@ -430,7 +440,7 @@ class Renderer:
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
-            finalize=_none_as_empty,
+            finalize=_config_text,
             extensions=[ArcionTokens],
             auto_reload=True,
         )
@@ -532,7 +542,7 @@ def _template_position(tb: TracebackType | None, loader: _Loader) -> tuple[str |
     line: int | None = None
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if filename in loader.inline or os.path.isabs(filename) and not filename.endswith(".py"):
+        if filename in loader.inline or (os.path.isabs(filename) and not filename.endswith(".py")):
             file, line = filename, tb.tb_lineno
         tb = tb.tb_next
     return file, line

@@ -17,6 +17,13 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# Property tests: no per-example deadline (2 shared cores are noisy); on CI, a fixed
+# seed, so a red run can be reproduced and a green one is not luck.
+settings.register_profile("default", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 CANARY = "canary-7Qx9-PASSWORD-do-not-print"
 CANARY_USER = "canary-user-3Fk2"
@@ -73,7 +80,7 @@ def run_cli(
         env=full_env,
         cwd=cwd,
         timeout=timeout,
-        preexec_fn=preexec,  # noqa: PLW1509 - only sets the umask
+        preexec_fn=preexec,
         check=False,
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)
@@ -146,3 +153,11 @@ def ws(tmp_path: Path) -> Workspace:
         "store": {"provider": "local"},
     }
     return workspace
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """One throwaway PostgreSQL server for the session (see tests/postgres.py)."""
+    from tests.postgres import start_postgres
+
+    yield from start_postgres()

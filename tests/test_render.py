@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,19 @@ from tests.conftest import CANARY, CANARY_USER, Workspace, assert_no_canary
 
 DB = SecretRef("local", "prod/db")
 TOKEN = SecretRef("local", "api-token")
-DB_JSON = (
-    '{"username": "%s", "password": "%s", "host": "db.internal", "port": 5432, '
-    '"ssl": true, "none": null, "items": "key-named-items", '
-    '"nested": {"deep": {"deeper": {"value": "leaf-value-1234"}}}, '
-    '"list": ["zero", {"name": "one"}]}'
-) % (CANARY_USER, CANARY)
+DB_JSON = json.dumps(
+    {
+        "username": CANARY_USER,
+        "password": CANARY,
+        "host": "db.internal",
+        "port": 5432,
+        "ssl": True,
+        "none": None,
+        "items": "key-named-items",
+        "nested": {"deep": {"deeper": {"value": "leaf-value-1234"}}},
+        "list": ["zero", {"name": "one"}],
+    }
+)
 VALUES = {DB: SecretValue(DB_JSON), TOKEN: SecretValue("plain-token-text")}
 
 
@@ -32,7 +40,9 @@ def make(ws: Workspace, text: str, **extra: object) -> tuple[Renderer, Config]:
     return Renderer(config), config
 
 
-def render(ws: Workspace, text: str, values: dict[SecretRef, object] | None = None) -> RenderOutcome:
+def render(
+    ws: Workspace, text: str, values: dict[SecretRef, object] | None = None
+) -> RenderOutcome:
     renderer, config = make(ws, text)
     return renderer.render(config.templates[0], VALUES if values is None else values)  # type: ignore[arg-type]
 
@@ -112,7 +122,8 @@ def test_missing_key_names_keys_not_values(ws: Workspace) -> None:
     text = str(problem)
     assert "t.j2:2" in text
     assert "'pasword' not in secret prod/db" in text
-    assert "password" in text and "username" in text
+    assert "password" in text
+    assert "username" in text
     assert_no_canary(text)
 
 
@@ -224,8 +235,9 @@ def test_arcion_seed_file_renders_unchanged(tmp_path: Path) -> None:
     password = "p@ss: w#rd 'single' \"double\" \\ {x} [y] - * & ! % @ `"
     values = {
         SecretRef("local", "m"): SecretValue(
-            '{"host": "mysql.internal", "port": 3306, "username": "yes", "password": %s}'
-            % __import__("json").dumps(password)
+            json.dumps(
+                {"host": "mysql.internal", "port": 3306, "username": "yes", "password": password}
+            )
         )
     }
     outcome = Renderer(config).render(config.templates[0], values)  # type: ignore[arg-type]
@@ -267,7 +279,7 @@ def test_arcion_token_contexts(tmp_path: Path, line: str, value: str, expected: 
     ws.namespaces = {"m": {"provider": "local", "secret": "m"}}
     ws.template("c.yaml", line + "\n")
     config = load_config(ws.write())
-    values = {SecretRef("local", "m"): SecretValue(__import__("json").dumps({"password": value}))}
+    values = {SecretRef("local", "m"): SecretValue(json.dumps({"password": value}))}
     outcome = Renderer(config).render(config.templates[0], values)  # type: ignore[arg-type]
     assert outcome.output is not None, outcome.problems
     loaded = yaml.safe_load(outcome.output.decode())
@@ -283,7 +295,9 @@ def test_arcion_token_contexts(tmp_path: Path, line: str, value: str, expected: 
 def test_inline_contents_template(ws: Workspace) -> None:
     """`contents:` templates render like files, and their errors name the template."""
     ws.templates.append({"contents": "x={{ secrets.db.host }}\n", "destination": "out/inline"})
-    ws.templates.append({"contents": "{{ secrets.db.nope }}", "destination": "out/bad", "name": "bad"})
+    ws.templates.append(
+        {"contents": "{{ secrets.db.nope }}", "destination": "out/bad", "name": "bad"}
+    )
     config = load_config(ws.write())
     renderer = Renderer(config)
     assert "x=db.internal\n" == out(renderer.render(config.templates[0], VALUES))  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ offending line, which would put a secret into the log.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -66,6 +67,8 @@ class FileProvider:
             return SecretValue("true" if value else "false")
         if value is None:
             return SecretValue("")
+        if isinstance(value, datetime.date):  # a YAML timestamp: its text, not a quoted JSON string
+            return SecretValue(str(value))
         return SecretValue(json.dumps(value, ensure_ascii=False, default=str))
 
     def _load(self) -> Mapping[str, Any]:

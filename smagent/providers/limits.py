@@ -19,6 +19,8 @@ class Limits:
     def __init__(self, rate_limit: float | None, max_concurrency: int) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if rate_limit is not None and rate_limit <= 0:
+            raise ValueError("rate_limit must be above 0 (or None for no limit)")
         self.rate_limit = rate_limit
         self.max_concurrency = max_concurrency
         self._semaphore = asyncio.Semaphore(max_concurrency)

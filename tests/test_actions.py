@@ -1,0 +1,400 @@
+"""Tests for smagent.actions: real child processes, real signals, real commands."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from smagent.actions import ActionResult, action_key, coalesce, run_action, run_actions
+from smagent.config import (
+    Action,
+    CommandAction,
+    Duration,
+    SignalName,
+    SignalPidfileAction,
+    SignalUnitAction,
+    load_config,
+)
+from smagent.logging import REDACTOR
+from tests.conftest import CANARY
+
+# A child that reports each signal it gets as one line on stdout; it writes its
+# pidfile only once its handlers are installed, then says "ready".
+SIGNAL_CHILD = """
+import os, signal, sys
+def report(signum, frame):
+    print(signal.Signals(signum).name, flush=True)
+for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(sig, report)
+pidfile = sys.argv[1]
+with open(pidfile + ".tmp", "w") as fh:
+    fh.write(f"{os.getpid()}\\n")
+os.replace(pidfile + ".tmp", pidfile)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+LINE_TIMEOUT = 5.0
+
+
+def load_actions(tmp_path: Path, *on_change: list[dict[str, Any]]) -> list[Action]:
+    """The on_change actions of one template per list, in pass order, via a real config file."""
+    templates = [
+        {"contents": "x", "destination": f"out/file{i}.conf", "on_change": actions}
+        for i, actions in enumerate(on_change)
+    ]
+    path = tmp_path / "smagent.yaml"
+    path.write_text(yaml.safe_dump({"templates": templates}, sort_keys=False))
+    return [action for t in load_config(path).templates for action in t.on_change]
+
+
+async def read_line(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    async with asyncio.timeout(LINE_TIMEOUT):
+        line = await proc.stdout.readline()
+    return line.decode().strip()
+
+
+@asynccontextmanager
+async def signal_child(pidfile: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A running SIGNAL_CHILD whose pid is in `pidfile`; killed and reaped afterwards."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SIGNAL_CHILD, str(pidfile), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert "ready" == await read_line(proc)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+# -- signals by pidfile -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "expected"), [("HUP", "SIGHUP"), ("SIGUSR1", "SIGUSR1")])
+async def test_signal_reaches_the_process_in_the_pidfile(
+    tmp_path: Path, name: str, expected: str
+) -> None:
+    """{signal, pidfile} delivers the named signal to the pid the file holds."""
+    (action,) = load_actions(tmp_path, [{"signal": name, "pidfile": "run/app.pid"}])
+    (tmp_path / "run").mkdir()
+    async with signal_child(tmp_path / "run" / "app.pid") as child:
+        result = await run_action(action)
+
+        assert expected == await read_line(child)
+    assert (
+        ActionResult(
+            f"signal {name.removeprefix('SIG')} to the pid in {tmp_path / 'run' / 'app.pid'}",
+            True,
+            f"sent {expected} to {child.pid}",
+        )
+        == result
+    )
+
+
+async def test_missing_pidfile_is_reported_not_raised(tmp_path: Path) -> None:
+    """A pidfile that does not exist gives ok=False naming the file."""
+    (action,) = load_actions(tmp_path, [{"signal": "HUP", "pidfile": "nope.pid"}])
+
+    result = await run_action(action)
+
+    assert False is result.ok
+    assert f"pidfile {tmp_path / 'nope.pid'} not found" == result.detail
+
+
+async def test_unreadable_pidfile_is_reported_not_raised(tmp_path: Path) -> None:
+    """A pidfile path that is a folder gives ok=False with the OS reason."""
+    (tmp_path / "run.pid").mkdir()
+    (action,) = load_actions(tmp_path, [{"signal": "HUP", "pidfile": "run.pid"}])
+
+    result = await run_action(action)
+
+    assert False is result.ok
+    assert f"cannot read pidfile {tmp_path / 'run.pid'}: Is a directory" == result.detail
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "   \n", "not-a-pid\n", "12abc\n", "-5\n", "0\n", "1\n", "99999999999999999999\n"],
+)
+async def test_garbage_pidfile_is_reported_not_raised(tmp_path: Path, content: str) -> None:
+    """A pidfile without a usable pid (empty, text, <= 1, out of range) gives ok=False."""
+    (tmp_path / "app.pid").write_text(content)
+    (action,) = load_actions(tmp_path, [{"signal": "HUP", "pidfile": "app.pid"}])
+
+    result = await run_action(action)
+
+    assert False is result.ok
+    assert f"pidfile {tmp_path / 'app.pid'} holds no usable process id" == result.detail
+
+
+async def test_pid_of_a_dead_process_is_reported_not_raised(tmp_path: Path) -> None:
+    """A pidfile naming a process that is gone gives ok=False naming the pid."""
+    pid = dead_pid()
+    (tmp_path / "app.pid").write_text(f"{pid}\n")
+    (action,) = load_actions(tmp_path, [{"signal": "HUP", "pidfile": "app.pid"}])
+
+    result = await run_action(action)
+
+    assert False is result.ok
+    assert f"no process {pid} (from {tmp_path / 'app.pid'})" == result.detail
+
+
+# -- signals by systemd unit ------------------------------------------------------------------
+
+
+async def test_signal_to_a_unit_without_systemd_is_reported_not_raised(tmp_path: Path) -> None:
+    """{signal, systemd_unit} with no systemd to talk to gives ok=False with a readable detail."""
+    if Path("/proc/1/comm").read_text().strip() == "systemd":
+        pytest.skip("systemd is PID 1 here: signalling a unit would really happen")
+    (action,) = load_actions(
+        tmp_path, [{"signal": "HUP", "systemd_unit": "smagent-test-no-such.service"}]
+    )
+    assert isinstance(action, SignalUnitAction)
+
+    result = await run_action(action)
+
+    assert "signal HUP to unit smagent-test-no-such.service" == result.action
+    assert False is result.ok
+    assert result.detail.startswith(("exited with status ", "command not found: systemctl"))
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+async def test_command_that_succeeds_is_ok(tmp_path: Path) -> None:
+    """A command exiting 0 gives ok=True."""
+    marker = tmp_path / "ran"
+    (action,) = load_actions(
+        tmp_path, [{"command": python(f"open({str(marker)!r}, 'w').close()"), "timeout": "5s"}]
+    )
+
+    result = await run_action(action)
+
+    assert ActionResult("command " + " ".join(action.command), True, "exited 0") == result
+    assert True is marker.exists()
+
+
+async def test_command_failure_names_status_and_stderr_tail(tmp_path: Path) -> None:
+    """A command exiting 3 gives ok=False with the status and the end of its stderr."""
+    code = (
+        "import sys; print('noise', file=sys.stderr); "
+        "print('reload refused', file=sys.stderr); sys.exit(3)"
+    )
+    (action,) = load_actions(tmp_path, [{"command": python(code)}])
+
+    result = await run_action(action)
+
+    assert False is result.ok
+    assert "exited with status 3: noise\nreload refused" == result.detail
+
+
+async def test_command_failure_without_stderr_names_only_the_status(tmp_path: Path) -> None:
+    """A silent failing command gives a detail with just the status."""
+    (action,) = load_actions(tmp_path, [{"command": python("raise SystemExit(7)")}])
+
+    result = await run_action(action)
+
+    assert ActionResult(result.action, False, "exited with status 7") == result
+
+
+async def test_command_not_found_is_reported_not_raised(tmp_path: Path) -> None:
+    """A command that does not exist gives ok=False naming it."""
+    (action,) = load_actions(tmp_path, [{"command": ["smagent-no-such-command-4711", "x"]}])
+
+    result = await run_action(action)
+
+    assert (
+        ActionResult(
+            "command smagent-no-such-command-4711 x",
+            False,
+            "command not found: smagent-no-such-command-4711",
+        )
+        == result
+    )
+
+
+@pytest.mark.parametrize("kind", ["no shebang", "path through a file"])
+async def test_command_that_cannot_be_executed_is_reported_not_raised(
+    tmp_path: Path, kind: str
+) -> None:
+    """A command the OS refuses to exec (format error, not a folder) gives ok=False."""
+    script = tmp_path / "script"
+    script.write_text("just some text, no #! line\n")
+    script.chmod(0o755)
+    argv = [str(script)] if kind == "no shebang" else [str(script / "x")]
+    (action,) = load_actions(tmp_path, [{"command": argv}])
+
+    result = await run_action(action)
+
+    assert False is result.ok
+    assert result.detail.startswith(f"cannot run {argv[0]}: ")
+
+
+async def test_command_past_its_timeout_is_killed_with_its_process_group(
+    tmp_path: Path,
+) -> None:
+    """A command over its timeout is killed, its grandchildren too, and reported as timed out."""
+    grandchild_pidfile = tmp_path / "grandchild.pid"
+    script = f"sleep 30 & echo $! > {grandchild_pidfile}; wait"
+    (action,) = load_actions(tmp_path, [{"command": ["sh", "-c", script], "timeout": "300ms"}])
+
+    started = time.monotonic()
+    result = await run_action(action)
+    elapsed = time.monotonic() - started
+
+    assert ActionResult(result.action, False, "timed out after 0.3s and was killed") == result
+    assert 0.25 <= elapsed < 3
+    grandchild = int(grandchild_pidfile.read_text())
+    deadline = time.monotonic() + 2
+    while alive(grandchild) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert False is alive(grandchild)
+
+
+async def test_secret_in_command_stderr_is_redacted(tmp_path: Path) -> None:
+    """A registered secret in a failing command's stderr becomes <redacted> in the detail."""
+    REDACTOR.add(CANARY)
+    code = f"import sys; print('login failed for {CANARY}', file=sys.stderr); sys.exit(1)"
+    (action,) = load_actions(tmp_path, [{"command": python(code)}])
+
+    result = await run_action(action)
+
+    assert "exited with status 1: login failed for <redacted>" == result.detail
+
+
+async def test_secret_cut_by_the_stderr_tail_is_not_half_revealed(tmp_path: Path) -> None:
+    """A secret straddling the start of the stderr tail leaks none of its characters."""
+    REDACTOR.add(CANARY)
+    half = len(CANARY) // 2
+    # stderr ends with the second half of the secret at the very start of the last 300 chars
+    padding = 300 - (len(CANARY) - half)
+    code = f"import sys; sys.stderr.write({CANARY!r} + '.' * {padding}); sys.exit(1)"
+    (action,) = load_actions(tmp_path, [{"command": python(code)}])
+
+    result = await run_action(action)
+
+    assert False is result.ok
+    assert CANARY[half:] not in result.detail
+    assert CANARY[-8:] not in result.detail
+
+
+# -- coalescing ---------------------------------------------------------------------------------
+
+
+def test_action_key_normalises_signal_spelling_and_pidfile_path(tmp_path: Path) -> None:
+    """HUP/SIGHUP and run/x.pid/./run/x.pid name the same action."""
+    first, second = load_actions(
+        tmp_path,
+        [{"signal": "HUP", "pidfile": "run/x.pid"}],
+        [{"signal": "sighup", "pidfile": "./run/../run/x.pid"}],
+    )
+
+    assert action_key(first) == action_key(second)
+
+
+def test_coalesce_keeps_one_of_each_in_order_of_first_mention(tmp_path: Path) -> None:
+    """Duplicate signals and commands collapse to one; distinct ones stay, first-mention order."""
+    hup = {"signal": "HUP", "pidfile": "pg.pid"}
+    usr1 = {"signal": "USR1", "pidfile": "pg.pid"}
+    cmd = {"command": ["reload", "pg"], "timeout": "5s"}
+    cmd_other_timeout = {"command": ["reload", "pg"], "timeout": "10s"}
+    unit = {"signal": "HUP", "systemd_unit": "pg.service"}
+    actions = load_actions(
+        tmp_path,
+        [hup, cmd],
+        [
+            {"signal": "SIGHUP", "pidfile": "./pg.pid"},
+            usr1,
+            {"command": ["reload", "pg"], "timeout": "5000ms"},
+        ],
+        [cmd_other_timeout, unit, hup, unit],
+    )
+
+    unique = coalesce(actions)
+
+    assert [actions[i] for i in (0, 1, 3, 5, 6)] == unique
+    expected_first = SignalPidfileAction(signal=SignalName("HUP"), pidfile=str(tmp_path / "pg.pid"))
+    assert expected_first == unique[0]
+    assert [5.0, 10.0] == [float(a.timeout) for a in unique if isinstance(a, CommandAction)]
+
+
+async def test_run_actions_sends_one_signal_for_duplicate_actions(tmp_path: Path) -> None:
+    """Two templates naming the same HUP action make the process get exactly one SIGHUP."""
+    actions = load_actions(
+        tmp_path,
+        [{"signal": "HUP", "pidfile": "app.pid"}],
+        [{"signal": "SIGHUP", "pidfile": "./app.pid"}],
+    )
+    async with signal_child(tmp_path / "app.pid") as child:
+        results = await run_actions(actions)
+        assert "SIGHUP" == await read_line(child)
+        # a later, different signal marks the end: anything before it was a second HUP
+        os.kill(child.pid, signal.SIGUSR2)
+        assert "SIGUSR2" == await read_line(child)
+
+    assert 1 == len(results)
+    assert True is results[0].ok
+
+
+async def test_run_actions_keeps_going_after_a_failure(tmp_path: Path) -> None:
+    """A failing action is reported and the next one still runs."""
+    marker = tmp_path / "ran"
+    actions = load_actions(
+        tmp_path,
+        [{"signal": "HUP", "pidfile": "missing.pid"}],
+        [{"command": python(f"open({str(marker)!r}, 'w').close()")}],
+    )
+
+    results = await run_actions(actions)
+
+    assert [False, True] == [r.ok for r in results]
+    assert True is marker.exists()
+
+
+async def test_command_that_starts_a_daemon_finishes_when_it_exits(tmp_path: Path) -> None:
+    """A reload command that leaves a background child holding stderr is done at its exit."""
+    marker = tmp_path / "daemon.pid"
+    script = f"sleep 30 & echo $! > {marker}; exit 0"
+    action = CommandAction(command=["sh", "-c", script], timeout=Duration(5))
+    started = time.monotonic()
+    result = await run_action(action)
+    elapsed = time.monotonic() - started
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    assert (True, "exited 0") == (result.ok, result.detail)
+    assert elapsed < 2, f"waited for the daemon's stderr ({elapsed:.1f}s)"
