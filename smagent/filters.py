@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -117,24 +118,33 @@ def tojson(value: object, indent: int | None = None) -> str:
 
 # --- YAML ---------------------------------------------------------------------------------------
 
+
 # Characters PyYAML's reader accepts anywhere in a stream (its NON_PRINTABLE, inverted), minus the
 # ones that YAML folds as line breaks inside quotes (NEL, LS, PS) and the BOM. Everything else is
 # written as an escape in a double-quoted scalar.
-_YAML_VERBATIM = re.compile(
-    "[\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
-)
+# Compiled on first use: these Unicode classes cost milliseconds to compile, which every
+# `render --once` would pay at start-up even when no template uses a YAML filter.
+@functools.cache
+def _yaml_verbatim() -> re.Pattern[str]:
+    return re.compile(
+        "[\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+    )
+
+
 _YAML_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 # What single quotes cannot hold: line breaks (folded into spaces) and what the reader rejects.
-_YAML_NOT_SINGLE_QUOTABLE = re.compile(
-    "[^\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
-)
+@functools.cache
+def _yaml_not_single_quotable() -> re.Pattern[str]:
+    return re.compile("[^\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def _yaml_escape(char: str) -> str:
     short = _YAML_SHORT_ESCAPES.get(char)
     if short is not None:
         return short
-    if _YAML_VERBATIM.match(char):
+    if _yaml_verbatim().match(char):
         return char
     code = ord(char)
     if code <= 0xFF:
@@ -323,7 +333,7 @@ def yaml_single_quoted_body(value: object) -> str:
     no exact form there: that raises ValueError (use double quotes instead).
     """
     text = _text(value, "yaml_single_quoted_body")
-    if _YAML_NOT_SINGLE_QUOTABLE.search(text):
+    if _yaml_not_single_quotable().search(text):
         raise ValueError(
             "yaml_single_quoted_body: the value has a line break or a character that YAML "
             "single quotes cannot hold; quote it with double quotes and yaml_double_quoted_body"
