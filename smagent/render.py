@@ -164,67 +164,54 @@ def _child_value(node: Any, part: str, where: str, lookup: Lookup | None) -> Any
     )
 
 
-class Pending(jinja2.ChainableUndefined):
-    """A reference whose value is not fetched yet: renders empty, chains quietly."""
+class _Located:
+    """A value that knows which lookup produced it, so `.KEY` extends that lookup."""
 
-    __slots__ = ("_ctx", "_lookup")
     _ctx: _Context
     _lookup: Lookup
+
+    def _locate(self, ctx: _Context, lookup: Lookup) -> None:
+        self._ctx = ctx
+        self._lookup = lookup
+
+    def child(self, key: Any) -> Any:
+        return self._ctx.value(Lookup(self._lookup.ref, (*self._lookup.key, str(key))))
+
+
+class Pending(_Located, jinja2.ChainableUndefined):
+    """A reference whose value is not fetched yet: renders empty, chains quietly."""
 
     @classmethod
     def of(cls, ctx: _Context, lookup: Lookup) -> Pending:
         pending = cls(name=str(lookup))
-        pending._ctx = ctx
-        pending._lookup = lookup
+        pending._locate(ctx, lookup)
         return pending
 
-    def child(self, key: Any) -> Any:
-        return self._ctx.value(Lookup(self._lookup.ref, (*self._lookup.key, str(key))))
 
-
-class SecretDoc(str):
+class SecretDoc(_Located, str):
     """The whole text of a secret: a str for every text filter; `.KEY` walks its JSON."""
-
-    _ctx: _Context
-    _lookup: Lookup
 
     def __new__(cls, text: str, ctx: _Context, lookup: Lookup) -> SecretDoc:
         doc = super().__new__(cls, text)
-        doc._ctx = ctx
-        doc._lookup = lookup
+        doc._locate(ctx, lookup)
         return doc
-
-    def child(self, key: Any) -> Any:
-        return self._ctx.value(Lookup(self._lookup.ref, (*self._lookup.key, str(key))))
 
     def __repr__(self) -> str:
         return "SecretDoc(<redacted>)"
 
 
-class SecretMap(JsonObject):
+class SecretMap(_Located, JsonObject):
     """A JSON object inside a secret, that remembers where it came from (for messages)."""
-
-    __slots__ = ("_ctx", "_lookup")
 
     def __init__(self, data: JsonObject, ctx: _Context, lookup: Lookup) -> None:
         super().__init__(data)
-        self._ctx = ctx
-        self._lookup = lookup
-
-    def child(self, key: Any) -> Any:
-        return self._ctx.value(Lookup(self._lookup.ref, (*self._lookup.key, str(key))))
+        self._locate(ctx, lookup)
 
 
-class SecretList(JsonArray):
-    __slots__ = ("_ctx", "_lookup")
-
+class SecretList(_Located, JsonArray):
     def __init__(self, data: JsonArray, ctx: _Context, lookup: Lookup) -> None:
         super().__init__(data)
-        self._ctx = ctx
-        self._lookup = lookup
-
-    def child(self, key: Any) -> Any:
-        return self._ctx.value(Lookup(self._lookup.ref, (*self._lookup.key, str(key))))
+        self._locate(ctx, lookup)
 
 
 class StoreNode:
