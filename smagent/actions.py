@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ class ActionResult:
     action: str
     ok: bool
     detail: str = ""
+    output: str = ""
+    """The end of a failed command's stderr, redacted. Logged at debug level only: a
+    command may echo a config line holding a derived form of a secret (URL-encoded,
+    quoted) that the redactor cannot recognise."""
 
 
 def action_key(action: Action) -> tuple[object, ...]:
@@ -69,6 +74,8 @@ async def run_actions(actions: Iterable[Action]) -> list[ActionResult]:
             log.info("action.ran", action=result.action, detail=result.detail)
         else:
             log.error("action.failed", action=result.action, error=result.detail)
+            if result.output:
+                log.debug("action.stderr", action=result.action, stderr=result.output)
         results.append(result)
     return results
 
@@ -83,12 +90,14 @@ async def run_action(action: Action) -> ActionResult:
         else:
             detail = await _signal_pidfile(action)
     except ActionFailed as exc:
-        return ActionResult(label, False, str(exc))
+        return ActionResult(label, False, str(exc), exc.output)
     return ActionResult(label, True, detail)
 
 
 class ActionFailed(Exception):
-    pass
+    def __init__(self, detail: str, output: str = "") -> None:
+        super().__init__(detail)
+        self.output = output
 
 
 async def _signal_pidfile(action: SignalPidfileAction) -> str:
@@ -112,8 +121,18 @@ async def _signal_pidfile(action: SignalPidfileAction) -> str:
 
 
 def _read_small(path: str) -> str:
-    with open(path, encoding="ascii", errors="replace") as fh:
-        return fh.read(64)
+    """The first bytes of a pidfile, which must be a regular file.
+
+    Opened non-blocking: a FIFO at that path would otherwise block the worker
+    thread forever (a thread cannot be cancelled), and the pass with it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ActionFailed(f"pidfile {path} is not a regular file")
+        return os.read(fd, 64).decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
 
 
 async def _signal_unit(action: SignalUnitAction) -> str:
@@ -165,8 +184,7 @@ async def _run_command(argv: list[str], limit: float) -> str:
         stderr = await asyncio.to_thread(_tail, errors, 65536)
     # scrub before cutting: a secret cut in half by the tail would no longer match
     tail = REDACTOR.scrub(stderr.decode("utf-8", "replace").strip())[-300:]
-    suffix = f": {tail}" if tail else ""
-    raise ActionFailed(f"exited with status {process.returncode}{suffix}")
+    raise ActionFailed(f"exited with status {process.returncode}", tail)
 
 
 def _tail(file: IO[bytes], size: int) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,17 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `smagent check | head`: not an error worth a traceback
-        _silence_stdout()
-        return result if "result" in locals() else EXIT_OK
     return result
-
-
-def _silence_stdout() -> None:
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _error(message: str) -> None:
@@ -64,8 +55,16 @@ def _error(message: str) -> None:
 
 
 def _out(line: str = "", *, scrub: bool = True) -> None:
-    """stdout; `scrub=False` only for lines made of config text (paths, names)."""
-    print(REDACTOR.scrub(line) if scrub else line)
+    """stdout; `scrub=False` only for lines made of config text (paths, names).
+
+    A reader that went away (`smagent check | head -1`) silences further output
+    without changing what the command does or the exit code it returns.
+    """
+    try:
+        print(REDACTOR.scrub(line) if scrub else line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -129,11 +128,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"config ok: {config.path} ({len(config.providers)} providers, "
         f"{len(config.namespaces)} namespaces, {len(config.templates)} templates)"
     )
+    if not args.connect:  # offline: no provider is built, no SDK imported, nothing contacted
+        return asyncio.run(_check({}, config, connect=False))
     return int(asyncio.run(_with_providers(config, _check, config, args.connect)))
 
 
 async def _check(providers: dict[str, Provider], config: Config, connect: bool) -> int:
     from smagent.pipeline import Pipeline
+    from smagent.providers.base import ProviderError
+    from smagent.render import COMPUTED
     from smagent.resolver import Resolver
 
     pipeline = Pipeline(config, providers)
@@ -147,8 +150,12 @@ async def _check(providers: dict[str, Provider], config: Config, connect: bool) 
         _out(f"{template.name} -> {template.destination}", scrub=False)
         for lookup in _deepest(outcome.lookups):
             found = resolver.results.get(lookup.ref)
-            status = "" if found is None else ("  failed" if _is_error(found) else "  ok")
-            _out(f"    {lookup}{status}")
+            status = (
+                ""
+                if found is None
+                else ("  failed" if isinstance(found, ProviderError) else "  ok")
+            )
+            _out(f"    {outcome.labels.get(lookup, COMPUTED)}{status}")
         for problem in outcome.problems:
             _out(f"    error: {problem}")
             failed = True
@@ -157,7 +164,7 @@ async def _check(providers: dict[str, Provider], config: Config, connect: bool) 
 
 def _deepest(lookups: frozenset[Lookup]) -> list[Lookup]:
     """`secrets.db.password` records `db` then `db.password`: list only the latter."""
-    return sorted(
+    deepest = [
         lookup
         for lookup in lookups
         if not any(
@@ -166,13 +173,8 @@ def _deepest(lookups: frozenset[Lookup]) -> list[Lookup]:
             and other.key[: len(lookup.key)] == lookup.key
             for other in lookups
         )
-    )
-
-
-def _is_error(value: object) -> bool:
-    from smagent.providers.base import ProviderError
-
-    return isinstance(value, ProviderError)
+    ]
+    return sorted(deepest, key=str)  # the order of the real text; labels may mask it
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -222,13 +224,18 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
 
 
 async def _test_connection(providers: dict[str, Provider], config: Config, names: list[str]) -> int:
-    from smagent.providers.base import ProviderError
+    from smagent.providers.base import ProviderError, Unavailable
 
     failed = False
+    limit = float(config.defaults.fetch_timeout)
     for name in names:
         kind = type(config.providers[name]).__struct_config__.tag
         try:
-            await providers[name].test_connection()
+            try:
+                async with asyncio.timeout(limit):
+                    await providers[name].test_connection()
+            except TimeoutError:
+                raise Unavailable(None, f"no answer within {limit:g}s (fetch_timeout)") from None
         except ProviderError as exc:
             _out(f"{name} ({kind}): failed: {exc.kind}: {exc.detail}")
             failed = True

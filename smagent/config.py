@@ -4,7 +4,9 @@ Validation is strict because a typo in a secrets agent fails silently in the
 worst way (a `rate_limt` that is ignored, a `mode: 0640` read as decimal).
 Every problem becomes a `ConfigIssue` naming the file, the key path and what
 was expected; `load_config` collects all of them before raising, so a user
-fixes a config in one round, and nothing is written when any is found.
+fixes a config in one round, and nothing is written when any is found. That
+includes what only this host can tell: a template's owner and group names are
+looked up here (numeric ids are taken as they are).
 
 The schema is msgspec Structs (fast to import and to validate, which matters
 for `render --once` start-up). msgspec reports dict keys as `[...]`, so every
@@ -27,6 +29,7 @@ import msgspec
 import yaml
 
 from smagent.references import Namespace
+from smagent.writer import UnknownOwnerError, resolve_group, resolve_owner
 
 CONFIG_ENV = "SMAGENT_CONFIG"
 DEFAULT_PATHS = (Path("smagent.yaml"), Path("/etc/smagent/smagent.yaml"))
@@ -239,10 +242,6 @@ class Template:
     group: str | int | None = None
     on_change: tuple[Action, ...] = ()
 
-    @property
-    def label(self) -> str:
-        return self.name
-
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -389,6 +388,7 @@ def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
 
 
 _TOP_KEYS = ("providers", "namespaces", "defaults", "templates")
+_ZERO_DURATION = "expected a duration above 0"
 _TYPE_WORDS = {
     "int": "a whole number",
     "float": "a number",
@@ -419,6 +419,8 @@ class _Builder:
         providers = self.providers()
         namespaces, refresh = self.namespaces(providers)
         defaults = self.convert(self.raw.get("defaults") or {}, Defaults, "defaults")
+        if defaults is not None and defaults.fetch_timeout <= 0:  # every fetch would time out
+            self.issue("defaults.fetch_timeout", _ZERO_DURATION)
         templates = self.templates(defaults)
         if self.issues:
             raise ConfigError(self.issues)
@@ -519,6 +521,7 @@ class _Builder:
     def template(
         self, spec: TemplateConfig, where: str, defaults: Defaults | None
     ) -> Template | None:
+        self.check_ids(spec, where)
         if (spec.source is None) == (spec.contents is None):
             self.issue(
                 where, "give exactly one of `source` (a template file) or `contents` (inline)"
@@ -574,11 +577,33 @@ class _Builder:
                 )
                 continue
             action = self.convert(raw, typ, here)
-            if isinstance(action, CommandAction) and not action.command:
-                self.issue(f"{here}.command", "expected a non-empty list of arguments")
-            elif action is not None:
+            if action is not None and self.check_action(action, here):
                 out.append(self.absolute_paths(action))
         return tuple(out)
+
+    def check_action(self, action: Action, where: str) -> bool:
+        """Whether a converted action is usable; each problem is reported."""
+        if not isinstance(action, CommandAction):
+            return True
+        ok = True
+        if not action.command:
+            self.issue(f"{where}.command", "expected a non-empty list of arguments")
+            ok = False
+        if action.timeout <= 0:  # a command given no time at all always fails
+            self.issue(f"{where}.timeout", _ZERO_DURATION)
+            ok = False
+        return ok
+
+    def check_ids(self, spec: TemplateConfig, where: str) -> None:
+        """An owner or group this host does not know is a config problem, found before any write."""
+        for key, value, resolve in (
+            ("owner", spec.owner, resolve_owner),
+            ("group", spec.group, resolve_group),
+        ):
+            try:
+                resolve(value)
+            except UnknownOwnerError as exc:
+                self.issue(f"{where}.{key}", str(exc))
 
     # -- helpers --
 

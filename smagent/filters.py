@@ -21,6 +21,8 @@ Conventions shared by all filters:
 
 - Secrets must not leak through errors. No exception raised here contains the
   input: messages name the filter and the type of the value, never the value.
+  Every error a filter raises on purpose is a `FilterError`, except
+  `BinaryAsTextError` for bytes given to a text filter.
 - A `Binary` secret (bytes) reaches only the filters that take bytes
   (`b64encode`); every text filter raises `BinaryAsTextError`, so bytes never
   turn into `b'...'` or mojibake in a file.
@@ -51,6 +53,7 @@ import yaml
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject
 
 __all__ = [
+    "FilterError",
     "b64decode",
     "b64encode",
     "env_quote",
@@ -65,6 +68,16 @@ __all__ = [
     "yaml_scalar",
     "yaml_single_quoted_body",
 ]
+
+
+class FilterError(ValueError):
+    """A filter refused its input; the message names the filter and the type only, never the input.
+
+    The renderer shows these messages to users as they are, and passes any
+    other exception on as its type only. A ValueError (not a TypeError) even
+    where the type is what is wrong, so there is one kind to catch; a binary
+    secret given to a text filter raises `BinaryAsTextError` instead.
+    """
 
 
 # --- text conversion shared by the text filters -------------------------------------------------
@@ -88,7 +101,7 @@ def _text(value: object, filter_name: str) -> str:
         return json.dumps(
             value, ensure_ascii=False, separators=(",", ":"), default=_json_default(filter_name)
         )
-    raise TypeError(f"{filter_name}: cannot write a value of type {type(value).__name__} as text")
+    raise FilterError(f"{filter_name}: cannot write a value of type {type(value).__name__} as text")
 
 
 def _json_default(filter_name: str) -> Callable[[object], object]:
@@ -99,7 +112,9 @@ def _json_default(filter_name: str) -> Callable[[object], object]:
             raise BinaryAsTextError(obj.label)
         if isinstance(obj, bytes | bytearray | memoryview):
             raise BinaryAsTextError(f"a value inside the input of {filter_name}")
-        raise TypeError(f"{filter_name}: cannot write a value of type {type(obj).__name__} as JSON")
+        raise FilterError(
+            f"{filter_name}: cannot write a value of type {type(obj).__name__} as JSON"
+        )
 
     return default
 
@@ -241,7 +256,7 @@ def _yaml_key_prefix(key: object, filter_name: str) -> str:
     elif key is None or isinstance(key, bool | int | float):
         written = _yaml_typed_scalar(key)
     else:
-        raise TypeError(f"{filter_name}: cannot write a key of type {type(key).__name__}")
+        raise FilterError(f"{filter_name}: cannot write a key of type {type(key).__name__}")
     return f"? {written}" if len(written) > _YAML_IMPLICIT_KEY_MAX else written
 
 
@@ -330,11 +345,11 @@ def yaml_single_quoted_body(value: object) -> str:
 
     Single quotes have one escape (`''` for `'`) and fold line breaks into
     spaces, so a value with a line break or a character YAML cannot print has
-    no exact form there: that raises ValueError (use double quotes instead).
+    no exact form there: that raises FilterError (use double quotes instead).
     """
     text = _text(value, "yaml_single_quoted_body")
     if _yaml_not_single_quotable().search(text):
-        raise ValueError(
+        raise FilterError(
             "yaml_single_quoted_body: the value has a line break or a character that YAML "
             "single quotes cannot hold; quote it with double quotes and yaml_double_quoted_body"
         )
@@ -420,7 +435,7 @@ def pgpass_escape(value: object) -> str:
     """
     text = _text(value, "pgpass_escape")
     if "\n" in text or "\r" in text:
-        raise ValueError("pgpass_escape: a .pgpass field cannot hold a line break")
+        raise FilterError("pgpass_escape: a .pgpass field cannot hold a line break")
     return text.replace("\\", "\\\\").replace(":", "\\:")
 
 
@@ -436,7 +451,7 @@ def mycnf_quote(value: object) -> str:
     """
     text = _text(value, "mycnf_quote")
     if "\x00" in text:
-        raise ValueError("mycnf_quote: an option file cannot hold a NUL character")
+        raise FilterError("mycnf_quote: an option file cannot hold a NUL character")
     return '"' + "".join(_MYCNF_ESCAPES.get(char, char) for char in text) + '"'
 
 
@@ -463,7 +478,7 @@ def b64decode(value: object) -> str | Binary:
     # surrounding whitespace is framing (`base64` on the command line ends with a newline)
     data = _strict_b64decode(_text(value, "b64decode").strip())
     if data is None:
-        raise ValueError("b64decode: input is not valid base64")
+        raise FilterError("b64decode: input is not valid base64")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -567,12 +582,12 @@ def scram_sha256(password: object, salt: str | None = None, iterations: int = 40
     if text.startswith(_SCRAM_PREFIX):
         return text
     if "\x00" in text:
-        raise ValueError("scram_sha256: a PostgreSQL password cannot contain a NUL character")
+        raise FilterError("scram_sha256: a PostgreSQL password cannot contain a NUL character")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError("scram_sha256: iterations must be a positive integer")
+        raise FilterError("scram_sha256: iterations must be a positive integer")
     secret = _postgres_password_bytes(text)
     if secret is None:
-        raise ValueError("scram_sha256: the password is not valid Unicode text")
+        raise FilterError("scram_sha256: the password is not valid Unicode text")
     if salt is None:
         salt_bytes = hashlib.pbkdf2_hmac(
             "sha256", secret, _SCRAM_SALT_CONTEXT, iterations, dklen=_SCRAM_SALT_LENGTH
@@ -580,7 +595,7 @@ def scram_sha256(password: object, salt: str | None = None, iterations: int = 40
     else:
         pinned = _strict_b64decode(_text(salt, "scram_sha256"))
         if not pinned:
-            raise ValueError("scram_sha256: salt must be non-empty base64")
+            raise FilterError("scram_sha256: salt must be non-empty base64")
         salt_bytes = pinned
     salted = hashlib.pbkdf2_hmac("sha256", secret, salt_bytes, iterations)
     client_key = hmac.digest(salted, b"Client Key", "sha256")

@@ -10,7 +10,6 @@ through the same `Redactor`, so a slip in a message cannot reach a terminal.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -18,6 +17,8 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
+
+from smagent.values import parse_json_text
 
 REDACTED = "<redacted>"
 LogFormat = Literal["auto", "json", "console"]
@@ -72,12 +73,8 @@ class Redactor:
 
 def _json_strings(text: str) -> list[str]:
     """Every string and number inside `text` when it is a JSON container."""
-    stripped = text.lstrip()
-    if not stripped or stripped[0] not in "{[":
-        return []
-    try:
-        data = json.loads(text)
-    except ValueError:
+    data = parse_json_text(text)
+    if data is None:
         return []
     found: list[str] = []
     stack = [data]

@@ -104,24 +104,25 @@ class Pipeline:
         """Render in rounds until every template is complete or failed."""
         outcomes: dict[int, RenderOutcome] = {}
         pending = list(range(len(templates)))
-        for _ in range(MAX_ROUNDS):
+        still: list[int] = []
+        for round_number in range(1, MAX_ROUNDS + 1):
             values = dict(resolver.results)
             rendered = await asyncio.gather(
                 *(asyncio.to_thread(self.renderer.render, templates[i], values) for i in pending)
             )
             missing: set[SecretRef] = set()
-            still: list[int] = []
+            still = []
             for index, outcome in zip(pending, rendered, strict=True):
                 outcomes[index] = outcome
                 if outcome.missing:
                     still.append(index)
                     missing |= outcome.missing
-            if not still:
+            if not still or round_number == MAX_ROUNDS:
                 break
             await resolver.resolve(missing)
             pending = still
-        else:
-            for index in pending:
+        if still:
+            for index in still:
                 label = self.renderer.template_file(templates[index])
                 problem = Problem(
                     f"references still unresolved after {MAX_ROUNDS} rounds "
@@ -141,7 +142,7 @@ class Pipeline:
                     log.error(
                         "reference.failed",
                         template=name,
-                        reference=str(problem.lookup),
+                        reference=problem.reference,
                         error=problem.error.kind,
                         detail=problem.error.detail,
                     )

@@ -25,7 +25,7 @@ class ReferenceSyntaxError(ValueError):
     """A reference that names no namespace/provider or is malformed."""
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class SecretRef:
     """One secret in one provider instance, at one version or stage."""
 
@@ -43,7 +43,7 @@ class SecretRef:
         return text
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Lookup:
     """A value a template uses: a secret and the key path inside it."""
 

@@ -14,22 +14,28 @@ attribute: `secrets.db.items` is the key "items", not dict.items. This is
 done in `_SecretEnvironment.getattr`, which also keeps the sandbox's rules for
 every other object. Iterate a secret mapping with `| items` or `| dictsort`.
 
-No message built here contains a secret value: problems name templates,
-lines, references and key names only.
+No message built here contains a secret value. Messages name templates,
+lines, namespaces, secret ids and keys, and each of those is shown only when
+it is written literally in the template or the config (`_Context.show`): a
+key computed from another secret (`secrets.users[secrets.cfg.name]`) is shown
+as `<computed>`, since its text is secret-derived.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import re
-from collections.abc import Callable, Mapping
+import stat
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -45,6 +51,8 @@ from smagent.references import (
     parse_secret_call,
 )
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject, parse_json_text
+
+COMPUTED = "<computed>"
 
 
 class ReferenceProblem(Exception):
@@ -62,7 +70,8 @@ class Problem:
     message: str
     file: str | None = None
     line: int | None = None
-    lookup: Lookup | None = None
+    reference: str | None = None
+    """The reference as it may be shown (computed parts masked)."""
     error: ProviderError | None = None
 
     def __str__(self) -> str:
@@ -80,13 +89,15 @@ class RenderOutcome:
     missing: frozenset[SecretRef] = frozenset()
     output: bytes | None = None
     problems: tuple[Problem, ...] = ()
+    labels: Mapping[Lookup, str] = field(default_factory=dict)
+    """Each lookup as it may be shown (computed parts masked)."""
 
     @property
     def complete(self) -> bool:
         return self.output is not None
 
 
-# --- the objects a template sees -----------------------------------------------------------------
+# --- the objects a template sees ------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -96,10 +107,31 @@ class _Context:
     values: Mapping[SecretRef, FetchResult]
     namespaces: Mapping[str, Namespace]
     providers: frozenset[str]
+    known: frozenset[str] = frozenset()
+    """Text written literally in the template or the config: safe to show in messages."""
     lookups: set[Lookup] = field(default_factory=set)
     missing: set[SecretRef] = field(default_factory=set)
     failed: dict[SecretRef, tuple[Lookup, ProviderError]] = field(default_factory=dict)
     """Per failed secret, the deepest lookup that hit it (`db.password`, not `db`)."""
+
+    def show(self, text: object) -> str:
+        return repr(text) if str(text) in self.known else COMPUTED
+
+    def label(self, lookup: Lookup) -> str:
+        """`str(lookup)` with every part that is not literal text masked."""
+        ref = lookup.ref
+
+        def part(text: str) -> str:
+            return text if text in self.known else COMPUTED
+
+        text = f"{ref.provider}:{part(ref.secret_id)}"
+        if ref.version is not None:
+            text += f"@{part(ref.version)}"
+        if ref.stage is not None:
+            text += f"#{part(ref.stage)}"
+        if lookup.key:
+            text += " key " + ".".join(part(k) for k in lookup.key)
+        return text
 
     def value(self, lookup: Lookup) -> Any:
         """The value at `lookup`, or `Pending` when its secret is not fetched (or failed)."""
@@ -117,27 +149,26 @@ class _Context:
         if isinstance(raw, bytes):
             if lookup.key:
                 raise ReferenceProblem(
-                    f"{lookup.ref.secret_id} is a binary secret; it has no key "
-                    f"{'.'.join(lookup.key)!r}",
-                    lookup,
+                    f"{self.label(Lookup(lookup.ref))} is a binary secret; it has no keys", lookup
                 )
-            return Binary(raw, str(lookup.ref))
+            return Binary(raw, self.label(lookup))
         if not lookup.key:
             return SecretDoc(raw, self, lookup)
         return self._walk(raw, lookup)
 
     def _walk(self, raw: str, lookup: Lookup) -> Any:
+        secret = self.show(lookup.ref.secret_id).strip("'")
         node = parse_json_text(raw)
         if node is None:
             raise ReferenceProblem(
-                f"secret {lookup.ref.secret_id} is not a JSON object, so it has no key "
-                f"{lookup.key[0]!r}",
+                f"secret {secret} is not a JSON object, "
+                f"so it has no key {self.show(lookup.key[0])}",
                 lookup,
             )
         for depth, part in enumerate(lookup.key):
-            at = ".".join(lookup.key[:depth])
-            where = f"secret {lookup.ref.secret_id}" + (f" at {at}" if at else "")
-            node = _child_value(node, part, where, lookup)
+            at = ".".join(k if k in self.known else COMPUTED for k in lookup.key[:depth])
+            where = f"secret {secret}" + (f" at {at}" if at else "")
+            node = _child_value(node, part, where, self.show, lookup)
         if isinstance(node, JsonObject):
             return SecretMap(node, self, lookup)
         if isinstance(node, JsonArray):
@@ -145,23 +176,31 @@ class _Context:
         return node
 
 
-def _child_value(node: Any, part: str, where: str, lookup: Lookup | None) -> Any:
+def _child_value(
+    node: Any, part: str, where: str, show: Callable[[object], str], lookup: Lookup | None
+) -> Any:
     if isinstance(node, dict):
         if part in node:
             return node[part]
         keys = sorted(node)
-        shown = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
-        raise ReferenceProblem(f"key {part!r} not in {where} (keys: {shown or 'none'})", lookup)
+        listed = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
+        raise ReferenceProblem(
+            f"key {show(part)} not in {where} (keys: {listed or 'none'})", lookup
+        )
     if isinstance(node, list):
         if re.fullmatch(r"-?\d+", part) and -len(node) <= int(part) < len(node):
             return node[int(part)]
         raise ReferenceProblem(
-            f"{where} is a list of {len(node)}; {part!r} is not an index", lookup
+            f"{where} is a list of {len(node)}; {show(part)} is not an index", lookup
         )
     kind = type(node).__name__ if node is not None else "null"
     raise ReferenceProblem(
-        f"{where} is a {kind}, not a JSON object; it has no key {part!r}", lookup
+        f"{where} is a {kind}, not a JSON object; it has no key {show(part)}", lookup
     )
+
+
+_CURRENT: contextvars.ContextVar[_Context] = contextvars.ContextVar("smagent_render_context")
+"""The render under way in this thread, for objects that do not carry their context."""
 
 
 class _Located:
@@ -183,7 +222,7 @@ class Pending(_Located, jinja2.ChainableUndefined):
 
     @classmethod
     def of(cls, ctx: _Context, lookup: Lookup) -> Pending:
-        pending = cls(name=str(lookup))
+        pending = cls(name=ctx.label(lookup))
         pending._locate(ctx, lookup)
         return pending
 
@@ -245,9 +284,7 @@ class SecretsRoot:
         ns = self._ctx.namespaces.get(str(key))
         if ns is None:
             known = ", ".join(sorted(self._ctx.namespaces)) or "none declared"
-            raise ReferenceProblem(
-                f"unknown namespace {key!r} in secrets.{key} (namespaces: {known})"
-            )
+            raise ReferenceProblem(f"unknown namespace {self._ctx.show(key)} (namespaces: {known})")
         if ns.is_store:
             return StoreNode(self._ctx, ns)
         return self._ctx.value(ns.lookup(()))
@@ -262,10 +299,12 @@ _NODES = (SecretsRoot, StoreNode, SecretDoc, SecretMap, SecretList, Pending)
 
 
 def _plain_child(obj: JsonObject | JsonArray, key: Any) -> Any:
-    return _child_value(obj, str(key), "this JSON value", None)
+    ctx = _CURRENT.get(None)
+    show: Callable[[object], str] = ctx.show if ctx is not None else (lambda _: COMPUTED)
+    return _child_value(obj, str(key), "this JSON value", show, None)
 
 
-# --- the environment -----------------------------------------------------------------------------
+# --- the environment ------------------------------------------------------------------------------
 
 
 class _SecretEnvironment(ImmutableSandboxedEnvironment):
@@ -276,22 +315,29 @@ class _SecretEnvironment(ImmutableSandboxedEnvironment):
             return obj.child(attribute)
         if isinstance(obj, JsonObject | JsonArray):
             return _plain_child(obj, attribute)
+        if isinstance(obj, Binary):
+            raise BinaryAsTextError(obj.label)
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
-        if isinstance(argument, jinja2.Undefined) and isinstance(obj, _NODES):
+        if isinstance(obj, Binary):
+            raise BinaryAsTextError(obj.label)
+        if isinstance(argument, slice) or not isinstance(obj, (*_NODES, JsonObject)):
+            return super().getitem(obj, argument)
+        if isinstance(argument, jinja2.Undefined):
             return argument  # the key itself is not fetched yet: no lookup to make this round
         if isinstance(obj, _NODES):
             return obj.child(argument)
-        if isinstance(obj, JsonObject) and isinstance(argument, str):
-            return _plain_child(obj, argument)
-        return super().getitem(obj, argument)
+        return _plain_child(obj, argument)
 
+
+# --- Arcion tokens --------------------------------------------------------------------------------
 
 _ARCION_TOKEN = re.compile(
     re.escape(ARCION_SCHEME)
     + r"(?P<ns>[A-Za-z_][A-Za-z0-9_-]*)/(?P<key>[A-Za-z0-9_.-]*[A-Za-z0-9_-])"
 )
+_COMMENT_START = re.compile(r"(^|\s)#")
 
 
 class ArcionTokens(Extension):
@@ -301,7 +347,10 @@ class ArcionTokens(Extension):
     whatever the value holds: a whole YAML scalar gets `yaml_scalar` (plain
     when it reads back the same, so `port: 3306` stays a number; quoted
     otherwise); inside `"..."` or `'...'` it gets that style's escaping;
-    embedded in a longer scalar it is inserted as it is.
+    inside a longer plain value it is inserted as it is, and a value that
+    would break the line (spaces, line breaks) is an error. A token after a
+    `#` that starts a comment is left alone: Arcion samples keep old lines
+    commented out.
     """
 
     def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
@@ -315,22 +364,80 @@ def _arcion_expression(match: re.Match[str]) -> str:
     line_end = match.string.find("\n", match.end())
     before = match.string[line_start : match.start()]
     after = match.string[match.end() : None if line_end < 0 else line_end]
-    if before.endswith('"') and after.startswith('"'):
+    quote = _open_quote(before)
+    if quote == '"':
         flt = "yaml_double_quoted_body"
-    elif before.endswith("'") and after.startswith("'"):
+    elif quote == "'":
         flt = "yaml_single_quoted_body"
+    elif _COMMENT_START.search(before):
+        return match.group(0)
     elif re.search(r"(^|[:\-\[{,])\s*$", before) and re.match(r"\s*($|#|,|\]|\})", after):
         flt = "yaml_scalar"
     else:
-        flt = "string"
+        flt = "yaml_plain_fragment"
     return f'{{{{ secret("{match["ns"]}/{match["key"]}") | {flt} }}}}'
 
 
-class _Loader(jinja2.BaseLoader):
-    """Configured templates by name; `{% include %}` only below allowed folders."""
+_SCALAR_START = re.compile(r"(^\s*|[:\-]\s+|[\[{,]\s*)$")
 
-    def __init__(self, roots: list[Path]) -> None:
-        self.roots = [r.resolve() for r in roots]
+
+def _open_quote(before: str) -> str | None:
+    """The quote a YAML line is inside at its end, if any.
+
+    A quote opens a scalar only where a scalar starts (line start, after `: `,
+    `- `, `[`, `{`, `,`), so the apostrophe of `it's` opens nothing; a `#`
+    after a space outside quotes starts a comment.
+    """
+    state: str | None = None
+    index = 0
+    while index < len(before):
+        char = before[index]
+        if state is None:
+            if char in "\"'" and _SCALAR_START.search(before[:index]):
+                state = char
+            elif char == "#" and (index == 0 or before[index - 1].isspace()):
+                return None
+        elif state == '"':
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                state = None
+        elif char == "'":
+            if before[index + 1 : index + 2] == "'":
+                index += 1
+            else:
+                state = None
+        index += 1
+    return state
+
+
+def _yaml_plain_fragment(value: Any) -> str:
+    """An Arcion value inside a longer unquoted YAML value: only text that cannot break it."""
+    text = str(value)
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise ReferenceProblem(
+            "a value with spaces or line breaks cannot stand inside a longer unquoted YAML "
+            "value; put quotes around that value in the file"
+        )
+    return text
+
+
+# --- loading templates ----------------------------------------------------------------------------
+
+
+class _Loader(jinja2.BaseLoader):
+    """Configured templates by name; `{% include %}` only below allowed folders.
+
+    Includes resolve against the config folder and the folders of the
+    configured templates, never outside them (`..`, symlinks and absolute
+    paths are resolved first), and never to the config file or a file a
+    provider reads (a secrets file, a token file): a template must not be
+    able to copy those into a destination.
+    """
+
+    def __init__(self, roots: Iterable[Path], denied: Iterable[Path]) -> None:
+        self.roots = list(dict.fromkeys(r.resolve() for r in roots))
+        self.denied = {d.resolve() for d in denied}
         self.inline: dict[str, str] = {}
 
     def get_source(
@@ -342,15 +449,31 @@ class _Loader(jinja2.BaseLoader):
         candidates = [path] if path.is_absolute() else [root / path for root in self.roots]
         for candidate in candidates:
             resolved = candidate.resolve()
-            if not any(resolved.is_relative_to(root) for root in self.roots):
+            if resolved in self.denied or not any(resolved.is_relative_to(r) for r in self.roots):
                 continue
-            try:
-                source = resolved.read_text(encoding="utf-8")
-                mtime = os.stat(resolved).st_mtime_ns
-            except (OSError, UnicodeDecodeError):
-                continue
-            return source, str(candidate), functools.partial(_unchanged, resolved, mtime)
+            found = _read_regular_file(resolved)
+            if found is not None:
+                source, mtime = found
+                return source, str(candidate), functools.partial(_unchanged, resolved, mtime)
         raise jinja2.TemplateNotFound(template)
+
+
+def _read_regular_file(path: Path) -> tuple[str, int] | None:
+    """Text and mtime of a regular file; None for anything else (a FIFO would block forever)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read().decode("utf-8"), info.st_mtime_ns
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _unchanged(path: Path, mtime: int) -> bool:
@@ -358,6 +481,34 @@ def _unchanged(path: Path, mtime: int) -> bool:
         return os.stat(path).st_mtime_ns == mtime
     except OSError:
         return False
+
+
+def _literals(env: jinja2.Environment, name: str, seen: set[str] | None = None) -> set[str]:
+    """Every string written in a template (and the templates it includes by name)."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return set()
+    seen.add(name)
+    assert env.loader is not None
+    try:
+        source = env.loader.get_source(env, name)[0]
+        tree = env.parse(source)
+    except jinja2.TemplateError:
+        return set()
+    found: set[str] = set()
+    for node in tree.find_all((nodes.Const, nodes.Getattr, nodes.Include)):
+        if isinstance(node, nodes.Getattr):
+            found.add(node.attr)
+        elif isinstance(node, nodes.Const) and isinstance(node.value, str | int):
+            text = str(node.value)
+            found.add(text)
+            found.update(re.split(r"[/.:]", text))
+        elif isinstance(node, nodes.Include) and isinstance(node.template, nodes.Const):
+            found |= _literals(env, str(node.template.value), seen)
+    return found
+
+
+# --- filters as the environment registers them ----------------------------------------------------
 
 
 def _config_text(value: Any) -> Any:
@@ -394,6 +545,8 @@ def _scram_cached(password: str, salt: str | None, iterations: int) -> str:
 
 def _scram(password: Any, salt: str | None = None, iterations: int = 4096) -> str:
     """PBKDF2 is deliberately slow; an unchanged password must not cost it again each pass."""
+    if isinstance(password, Binary):
+        raise BinaryAsTextError(password.label)
     return _scram_cached(
         str.__str__(str(password)), None if salt is None else str(salt), iterations
     )
@@ -405,6 +558,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "yaml_scalar": filters.yaml_scalar,
     "yaml_double_quoted_body": filters.yaml_double_quoted_body,
     "yaml_single_quoted_body": filters.yaml_single_quoted_body,
+    "yaml_plain_fragment": _yaml_plain_fragment,
     "shell_quote": filters.shell_quote,
     "env_quote": filters.env_quote,
     "urlencode": filters.urlencode,
@@ -416,12 +570,15 @@ FILTERS: dict[str, Callable[..., Any]] = {
 }
 
 
+# --- the renderer ---------------------------------------------------------------------------------
+
+
 class Renderer:
     """One Jinja environment for a config: compiled templates are cached across passes."""
 
     def __init__(self, config: Config) -> None:
         roots = [config.folder, *(t.source.parent for t in config.templates if t.source)]
-        self.loader = _Loader(roots)
+        self.loader = _Loader(roots, denied=[config.path, *_provider_files(config)])
         self.env = _SecretEnvironment(
             loader=self.loader,
             undefined=jinja2.StrictUndefined,
@@ -434,6 +591,8 @@ class Renderer:
         self.env.filters.update({name: _waits_for_pending(fn) for name, fn in FILTERS.items()})
         self.namespaces = config.namespaces
         self.providers = frozenset(config.providers)
+        self._config_known = frozenset(_config_words(config))
+        self._known: dict[str, tuple[jinja2.Template, frozenset[str]]] = {}
         self._names: dict[str, str] = {}
         for template in config.templates:
             self._names[template.name] = self._register(template)
@@ -448,57 +607,72 @@ class Renderer:
     def template_file(self, template: Template) -> str:
         return str(template.source) if template.source is not None else template.name
 
+    def _known_text(self, name: str, compiled: jinja2.Template) -> frozenset[str]:
+        cached = self._known.get(name)
+        if cached is not None and cached[0] is compiled:
+            return cached[1]
+        known = self._config_known | _literals(self.env, name)
+        self._known[name] = (compiled, known)
+        return known
+
     def render(self, template: Template, values: Mapping[SecretRef, FetchResult]) -> RenderOutcome:
         """Render once with `values`; see the module docstring for what an outcome means."""
-        ctx = _Context(values, self.namespaces, self.providers)
+        ctx = _Context(values, self.namespaces, self.providers, known=self._config_known)
         name = self._names.get(template.name) or self._register(template)
         label = self.template_file(template)
+        token = _CURRENT.set(ctx)
         try:
-            jinja_template = self.env.get_template(name)
-            text = jinja_template.render(
-                secrets=SecretsRoot(ctx), secret=self._secret_function(ctx)
-            )
+            compiled = self.env.get_template(name)
+            ctx.known = self._known_text(name, compiled)
+            text = compiled.render(secrets=SecretsRoot(ctx), secret=self._secret_function(ctx))
         except jinja2.TemplateSyntaxError as exc:
-            file = (
-                exc.filename if exc.filename and not exc.filename.startswith("<inline") else label
+            inline = not exc.filename or exc.filename.startswith("<inline")
+            problem = Problem(
+                f"template syntax error: {exc.message}",
+                label if inline else exc.filename,
+                exc.lineno,
             )
-            problem = Problem(f"template syntax error: {exc.message}", file, exc.lineno)
-            return RenderOutcome(frozenset(ctx.lookups), problems=(problem,))
+            return self._outcome(ctx, problems=(problem,))
         except jinja2.TemplateNotFound as exc:
-            problem = Problem(f"template not found: {exc.name}", label)
-            return RenderOutcome(frozenset(ctx.lookups), problems=(problem,))
+            problem = Problem(f"template not found: {ctx.show(exc.name)}", label)
+            return self._outcome(ctx, problems=(problem,))
         except Exception as exc:
             return self._unfinished(ctx, label, exc)
+        finally:
+            _CURRENT.reset(token)
         if ctx.failed or ctx.missing:
             return self._unfinished(ctx, label, None)
         try:
             output = text.encode("utf-8")
         except UnicodeEncodeError:
-            problem = Problem(
-                "the output holds text that is not valid Unicode (a lone surrogate)", label
-            )
-            return RenderOutcome(frozenset(ctx.lookups), problems=(problem,))
-        return RenderOutcome(frozenset(ctx.lookups), output=output)
+            message = "the output holds text that is not valid Unicode (a lone surrogate)"
+            return self._outcome(ctx, problems=(Problem(message, label),))
+        return self._outcome(ctx, output=output)
+
+    @staticmethod
+    def _outcome(ctx: _Context, **kwargs: Any) -> RenderOutcome:
+        lookups = frozenset(ctx.lookups)
+        labels = {lookup: ctx.label(lookup) for lookup in lookups}
+        return RenderOutcome(lookups, labels=labels, **kwargs)
 
     def _unfinished(self, ctx: _Context, label: str, exc: Exception | None) -> RenderOutcome:
-        lookups = frozenset(ctx.lookups)
         if ctx.failed:
-            problems = tuple(
-                Problem(
-                    f"{lookup}: {error.kind}: {error.detail}", label, lookup=lookup, error=error
-                )
-                for lookup, error in sorted(ctx.failed.values(), key=lambda pair: pair[0])
-            )
-            return RenderOutcome(lookups, problems=problems)
+            problems = []
+            for lookup, error in sorted(ctx.failed.values(), key=lambda pair: str(pair[0])):
+                reference = ctx.label(lookup)
+                message = f"{reference}: {error.kind}: {error.detail}"
+                problems.append(Problem(message, label, reference=reference, error=error))
+            return self._outcome(ctx, problems=tuple(problems))
         if ctx.missing:
-            return RenderOutcome(lookups, missing=frozenset(ctx.missing))
+            return self._outcome(ctx, missing=frozenset(ctx.missing))
         assert exc is not None
         file, line = _template_position(exc.__traceback__, self.loader)
         if file in self.loader.inline:
             file = label
-        message = _describe_exception(exc)
-        lookup = exc.lookup if isinstance(exc, ReferenceProblem) else None
-        return RenderOutcome(lookups, problems=(Problem(message, file or label, line, lookup),))
+        culprit = exc.lookup if isinstance(exc, ReferenceProblem) else None
+        shown = ctx.label(culprit) if culprit is not None else None
+        problem = Problem(_describe_exception(exc), file or label, line, shown)
+        return self._outcome(ctx, problems=(problem,))
 
     def _secret_function(self, ctx: _Context) -> Callable[..., Any]:
         def secret(
@@ -517,10 +691,35 @@ class Renderer:
                     stage=stage,
                 )
             except ReferenceSyntaxError as exc:
-                raise ReferenceProblem(str(exc)) from None
+                if str(reference) in ctx.known:
+                    raise ReferenceProblem(str(exc)) from None
+                raise ReferenceProblem(
+                    f"secret({COMPUTED}) is not a reference: write 'NAMESPACE/KEY' or "
+                    "'PROVIDER:SECRET_ID'"
+                ) from None
             return ctx.value(lookup)
 
         return secret
+
+
+def _provider_files(config: Config) -> list[Path]:
+    """Files a provider reads (secrets, tokens, keys): never includable by a template."""
+    files = []
+    for provider in config.providers.values():
+        for struct in (provider, getattr(provider, "auth", None)):
+            for name in getattr(struct, "__struct_fields__", ()):
+                value = getattr(struct, name)
+                if name.endswith(("path", "_file", "ca_cert")) and isinstance(value, str):
+                    files.append(Path(value))
+    return files
+
+
+def _config_words(config: Config) -> set[str]:
+    """Names and ids from the config: not secret, so messages may show them."""
+    words = set(config.namespaces) | set(config.providers)
+    for ns in config.namespaces.values():
+        words.update(w for w in (ns.secret, ns.version, ns.stage) if w is not None)
+    return words
 
 
 def _template_position(tb: TracebackType | None, loader: _Loader) -> tuple[str | None, int | None]:
@@ -535,34 +734,27 @@ def _template_position(tb: TracebackType | None, loader: _Loader) -> tuple[str |
     return file, line
 
 
-def _raised_in(exc: Exception, filename: str) -> bool:
-    tb = exc.__traceback__
-    last = None
-    while tb is not None:
-        last, tb = tb, tb.tb_next
-    return last is not None and last.tb_frame.f_code.co_filename == filename
-
-
 def _describe_exception(exc: Exception) -> str:
     """A message for a failed render that cannot carry a value.
 
     Our own errors are written never to hold values; Jinja's undefined errors
     name variables and types only. Any other exception (a TypeError from
-    arithmetic, a filter's ValueError) is described by its type and, for the
-    kinds known not to quote their input, its message.
+    arithmetic, say) is described by its type alone.
     """
     if isinstance(exc, ReferenceProblem | BinaryAsTextError | jinja2.UndefinedError):
         return str(exc)
     if isinstance(exc, jinja2.exceptions.SecurityError):
         return f"blocked by the sandbox: {exc}"
-    if isinstance(exc, ValueError | TypeError) and _raised_in(exc, filters.__file__):
-        return str(exc)  # our filters' messages name the filter and type, never the input
+    if isinstance(exc, filters.FilterError):
+        return str(exc)  # names the filter and the type, never the input
     return f"{type(exc).__name__} while rendering (values are not shown)"
 
 
 def extract(lookup: Lookup, result: FetchResult) -> str | bytes:
     """The text (or bytes) at `lookup` in a fetched secret, as `smagent get` prints it."""
-    ctx = _Context({lookup.ref: result}, {}, frozenset())
+    typed = [lookup.ref.secret_id, lookup.ref.version, lookup.ref.stage, *lookup.key]
+    known = frozenset(text for text in typed if text is not None)
+    ctx = _Context({lookup.ref: result}, {}, frozenset(), known=known)
     value = ctx.value(lookup)
     if isinstance(value, Binary):
         return value.reveal()

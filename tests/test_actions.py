@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ while True:
 """
 
 LINE_TIMEOUT = 5.0
+HANG_LIMIT = 5.0
+"""How long a read that must not block may take before the test calls it a hang."""
 
 
 def load_actions(tmp_path: Path, *on_change: list[dict[str, Any]]) -> list[Action]:
@@ -80,6 +83,26 @@ async def signal_child(pidfile: Path) -> AsyncIterator[asyncio.subprocess.Proces
         if proc.returncode is None:
             proc.kill()
         await proc.communicate()
+
+
+@contextmanager
+def special_file(path: Path, kind: str) -> Iterator[Path]:
+    """A FIFO (with no writer) or a folder at `path`.
+
+    Afterwards the FIFO's write end is opened and closed: a reader stuck on it
+    (the bug under test) then gets EOF, so a failing test ends instead of
+    leaving a worker thread that the event loop would wait for forever.
+    """
+    if kind == "folder":
+        path.mkdir()
+        yield path
+        return
+    os.mkfifo(path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):  # ENXIO: no reader, nothing to release
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def alive(pid: int) -> bool:
@@ -138,14 +161,29 @@ async def test_missing_pidfile_is_reported_not_raised(tmp_path: Path) -> None:
 
 
 async def test_unreadable_pidfile_is_reported_not_raised(tmp_path: Path) -> None:
-    """A pidfile path that is a folder gives ok=False with the OS reason."""
-    (tmp_path / "run.pid").mkdir()
-    (action,) = load_actions(tmp_path, [{"signal": "HUP", "pidfile": "run.pid"}])
+    """A pidfile path the OS cannot open (its folder is a file) gives ok=False with the reason."""
+    (tmp_path / "run").write_text("a file where the folder should be\n")
+    (action,) = load_actions(tmp_path, [{"signal": "HUP", "pidfile": "run/app.pid"}])
 
     result = await run_action(action)
 
     assert False is result.ok
-    assert f"cannot read pidfile {tmp_path / 'run.pid'}: Is a directory" == result.detail
+    assert f"cannot read pidfile {tmp_path / 'run' / 'app.pid'}: Not a directory" == result.detail
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+async def test_pidfile_that_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """A FIFO or folder at the pidfile path gives ok=False at once; nothing blocks on it."""
+    (action,) = load_actions(tmp_path, [{"signal": "HUP", "pidfile": "app.pid"}])
+
+    with special_file(tmp_path / "app.pid", kind):
+        async with asyncio.timeout(HANG_LIMIT):
+            result = await run_action(action)
+
+    assert False is result.ok
+    assert f"pidfile {tmp_path / 'app.pid'} is not a regular file" == result.detail
 
 
 @pytest.mark.parametrize(
@@ -210,8 +248,8 @@ async def test_command_that_succeeds_is_ok(tmp_path: Path) -> None:
     assert True is marker.exists()
 
 
-async def test_command_failure_names_status_and_stderr_tail(tmp_path: Path) -> None:
-    """A command exiting 3 gives ok=False with the status and the end of its stderr."""
+async def test_command_failure_names_status_and_keeps_stderr_tail(tmp_path: Path) -> None:
+    """A command exiting 3: the detail names the status; the stderr tail is kept apart."""
     code = (
         "import sys; print('noise', file=sys.stderr); "
         "print('reload refused', file=sys.stderr); sys.exit(3)"
@@ -221,7 +259,8 @@ async def test_command_failure_names_status_and_stderr_tail(tmp_path: Path) -> N
     result = await run_action(action)
 
     assert False is result.ok
-    assert "exited with status 3: noise\nreload refused" == result.detail
+    assert "exited with status 3" == result.detail
+    assert "noise\nreload refused" == result.output
 
 
 async def test_command_failure_without_stderr_names_only_the_status(tmp_path: Path) -> None:
@@ -288,14 +327,14 @@ async def test_command_past_its_timeout_is_killed_with_its_process_group(
 
 
 async def test_secret_in_command_stderr_is_redacted(tmp_path: Path) -> None:
-    """A registered secret in a failing command's stderr becomes <redacted> in the detail."""
+    """A registered secret in a failing command's stderr becomes <redacted> in its tail."""
     REDACTOR.add(CANARY)
     code = f"import sys; print('login failed for {CANARY}', file=sys.stderr); sys.exit(1)"
     (action,) = load_actions(tmp_path, [{"command": python(code)}])
 
     result = await run_action(action)
 
-    assert "exited with status 1: login failed for <redacted>" == result.detail
+    assert "login failed for <redacted>" == result.output
 
 
 async def test_secret_cut_by_the_stderr_tail_is_not_half_revealed(tmp_path: Path) -> None:
@@ -310,8 +349,8 @@ async def test_secret_cut_by_the_stderr_tail_is_not_half_revealed(tmp_path: Path
     result = await run_action(action)
 
     assert False is result.ok
-    assert CANARY[half:] not in result.detail
-    assert CANARY[-8:] not in result.detail
+    assert CANARY[half:] not in result.output
+    assert CANARY[-8:] not in result.output
 
 
 # -- coalescing ---------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ templates:
   - source: templates/userlist.txt.j2
     destination: out/userlist.txt
     mode: "0600"
-    owner: postgres
+    owner: root
     group: 70
     on_change:
       - {signal: HUP, pidfile: run/pgbouncer.pid}
@@ -209,7 +209,7 @@ def test_full_config_templates(full_config: Config, tmp_path: Path) -> None:
     assert userlist.contents is None
     assert folder / "out" / "userlist.txt" == userlist.destination
     assert 0o600 == userlist.mode
-    assert ("postgres", 70) == (userlist.owner, userlist.group)
+    assert ("root", 70) == (userlist.owner, userlist.group)
     assert (
         SignalPidfileAction(
             signal=SignalName("HUP"), pidfile=str(folder / "run" / "pgbouncer.pid")
@@ -501,6 +501,43 @@ ERRORS = [
         "expected a non-empty list of arguments",
         id="empty-command",
     ),
+    pytest.param(
+        "defaults: {fetch_timeout: 0s}\n",
+        "defaults.fetch_timeout",
+        "expected a duration above 0",
+        id="fetch-timeout-zero",
+    ),
+    pytest.param(
+        "defaults: {fetch_timeout: 0}\n",
+        "defaults.fetch_timeout",
+        "expected a duration above 0",
+        id="fetch-timeout-bare-zero",
+    ),
+    pytest.param(
+        BASE + "templates: [{contents: x, destination: o, on_change: [{command: [reload],"
+        " timeout: 0s}]}]\n",
+        "templates[0].on_change[0].timeout",
+        "expected a duration above 0",
+        id="command-timeout-zero",
+    ),
+    pytest.param(
+        BASE + "templates: [{contents: x, destination: o, owner: smagent-no-such-user}]\n",
+        "templates[0].owner",
+        "owner 'smagent-no-such-user': no such user",
+        id="unknown-owner",
+    ),
+    pytest.param(
+        BASE + "templates: [{contents: x, destination: o, group: smagent-no-such-group}]\n",
+        "templates[0].group",
+        "group 'smagent-no-such-group': no such group",
+        id="unknown-group",
+    ),
+    pytest.param(
+        BASE + "templates: [{contents: x, destination: o, owner: -1}]\n",
+        "templates[0].owner",
+        "owner -1: ids cannot be negative",
+        id="negative-owner-id",
+    ),
 ]
 
 
@@ -563,6 +600,50 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
     ] == keys
     assert all(path == issue.file for issue in info.value.issues)
     assert len(keys) == len(str(info.value).splitlines())
+
+
+def test_empty_command_with_zero_timeout_reports_both(tmp_path: Path) -> None:
+    """A command action that is empty and has a zero timeout gives one issue for each."""
+    path = write_config(
+        tmp_path,
+        BASE
+        + "templates: [{contents: x, destination: o, on_change: [{command: [], timeout: 0s}]}]\n",
+    )
+    assert [
+        ("templates[0].on_change[0].command", "expected a non-empty list of arguments"),
+        ("templates[0].on_change[0].timeout", "expected a duration above 0"),
+    ] == [(i.key, i.problem) for i in issues_of(path)]
+
+
+def test_unknown_owner_and_group_are_both_reported(tmp_path: Path) -> None:
+    """A template with an unknown owner and an unknown group gets an issue at each key path."""
+    path = write_config(
+        tmp_path,
+        BASE + "templates: [{contents: x, destination: o, owner: smagent-no-such-user,"
+        " group: smagent-no-such-group}]\n",
+    )
+    assert [
+        ("templates[0].owner", "owner 'smagent-no-such-user': no such user"),
+        ("templates[0].group", "group 'smagent-no-such-group': no such group"),
+    ] == [(i.key, i.problem) for i in issues_of(path)]
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [("root", "root"), ("0", 0), ("'0'", "0"), ("4000000", 4000000)],
+    ids=["name", "id", "digit-string", "id-without-account"],
+)
+def test_known_owner_and_group_and_numeric_ids_load_as_written(
+    tmp_path: Path, written: str, expected: str | int
+) -> None:
+    """`root`, 0 and any other numeric id are accepted for owner and group and kept as written."""
+    path = write_config(
+        tmp_path,
+        BASE
+        + f"templates: [{{contents: x, destination: o, owner: {written}, group: {written}}}]\n",
+    )
+    (template,) = load_config(path).templates
+    assert (expected, expected) == (template.owner, template.group)
 
 
 def test_namespace_of_invalid_provider_not_reported_again(tmp_path: Path) -> None:
@@ -702,6 +783,10 @@ def _bad_duration(ws: Workspace) -> None:
     ws.namespaces["db"]["refresh"] = "5 minutes"
 
 
+def _unknown_owner(ws: Workspace) -> None:
+    ws.templates[0]["owner"] = "smagent-no-such-user"
+
+
 @pytest.mark.parametrize(
     ("breakage", "key"),
     [
@@ -709,6 +794,7 @@ def _bad_duration(ws: Workspace) -> None:
         pytest.param(_wrong_type, "providers.local.rate_limit", id="wrong-type"),
         pytest.param(_missing_source, "templates[1].source", id="missing-file"),
         pytest.param(_bad_duration, "namespaces.db.refresh", id="bad-duration"),
+        pytest.param(_unknown_owner, "templates[0].owner", id="unknown-owner"),
     ],
 )
 def test_cli_bad_config_exits_2_and_writes_nothing(

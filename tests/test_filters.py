@@ -25,7 +25,9 @@ from dotenv import dotenv_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smagent import filters
 from smagent.filters import (
+    FilterError,
     b64decode,
     b64encode,
     env_quote,
@@ -530,6 +532,9 @@ def failing_calls() -> list[tuple[str, Callable[[], object]]]:
         ("scram_sha256-bad-salt", lambda: scram_sha256(CANARY, salt=f"{CANARY}!")),
         ("scram_sha256-iterations", lambda: scram_sha256(CANARY, iterations=0)),
         ("scram_sha256-surrogate", lambda: scram_sha256(f"{CANARY}\ud800")),
+        ("toyaml-object-key", lambda: toyaml({Opaque(): 1})),
+        ("pgpass_escape-line-break", lambda: pgpass_escape(f"{CANARY}\n")),
+        ("mycnf_quote-nul", lambda: mycnf_quote(f"{CANARY}\x00")),
     ]
 
 
@@ -544,6 +549,26 @@ def test_errors_never_contain_the_value(name: str, call: Callable[[], object]) -
     assert CANARY not in rendered, name
     assert CANARY not in repr(info.value.args), name
     assert CANARY not in repr(info.value.__context__), name
+
+
+@pytest.mark.parametrize(
+    ("name", "call"), failing_calls(), ids=[name for name, _ in failing_calls()]
+)
+def test_every_deliberate_error_is_a_filter_error(name: str, call: Callable[[], object]) -> None:
+    """A filter refusing its input raises FilterError, or BinaryAsTextError for binary input."""
+    expected = BinaryAsTextError if "binary" in name or "bytes" in name else FilterError
+    with pytest.raises((FilterError, BinaryAsTextError)) as info:
+        call()
+    assert expected is type(info.value)
+
+
+def test_filter_error_is_a_public_value_error() -> None:
+    """FilterError is a ValueError, not a TypeError, and is in the module's `__all__`."""
+    assert (True, False) == (
+        issubclass(FilterError, ValueError),
+        issubclass(FilterError, TypeError),
+    )
+    assert "FilterError" in filters.__all__
 
 
 # --- scram_sha256 --------------------------------------------------------------------------------

@@ -197,3 +197,31 @@ async def test_file_provider_end_to_end(ws: Workspace) -> None:
     assert 0o600 == os.stat(dest).st_mode & 0o777
     assert 1 == result.fetched
     assert SecretRef("local", "prod/db") in {lookup.ref for lookup in result.templates[0].lookups}
+
+
+async def test_pinned_and_current_versions_of_one_secret_in_one_pass(tmp_path: Path) -> None:
+    """A secret used both pinned (version/stage) and unpinned renders in one pass."""
+    store = MemoryProvider("mem", {"db": json.dumps({"p": "x"})})
+    ws = memory_workspace(tmp_path, mem=store)
+    ws.namespaces = {
+        "db": {"provider": "mem", "secret": "db"},
+        "old": {"provider": "mem", "secret": "db", "stage": "AWSPREVIOUS"},
+        "v2": {"provider": "mem", "secret": "db", "version": "2"},
+    }
+    ws.template("t.j2", "{{ secrets.db.p }}{{ secrets.old.p }}{{ secrets.v2.p }}\n")
+    result = await run(ws, {"mem": store})
+    assert result.ok  # type: ignore[attr-defined]
+    assert 3 == len(store.requested)
+
+
+async def test_deadline_covers_the_whole_pass(tmp_path: Path) -> None:
+    """Rounds of dependent references share one fetch_timeout, not one each."""
+    store = MemoryProvider("mem", {"which": "second", "second": "v"}, delay=0.35)
+    ws = memory_workspace(tmp_path, mem=store)
+    ws.namespaces = {"s": {"provider": "mem"}}
+    ws.defaults = {"fetch_timeout": "500ms"}
+    ws.template("t.j2", "{{ secrets.s[secrets.s.which] }}\n")
+    result = await run(ws, {"mem": store})
+    (item,) = result.templates  # type: ignore[attr-defined]
+    assert Status.FAILED == item.status
+    assert "no answer within 0.5s" in str(item.problems[0])

@@ -7,9 +7,12 @@ in the real process environment.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,9 @@ UNICODE = "SMAGENT_T_UNICODE"
 MISSING = "SMAGENT_T_MISSING"
 JSON_TEXT = json.dumps({"username": CANARY_USER, "password": CANARY, "port": 5432})
 UNICODE_TEXT = "pässwörd-密码-🔑"
+
+HANG_LIMIT = 5.0
+"""How long a read that must not block may take before the test calls it a hang."""
 
 Secrets = Mapping[str, Any]
 MakeStore = Callable[[Secrets], Provider]
@@ -241,6 +247,74 @@ async def test_yaml_error_position_is_exact(tmp_path: Path) -> None:
 
     column = len(f"password: {CANARY}:")
     assert str(info.value).endswith(f"at line 2, column {column}")
+
+
+@contextmanager
+def special_file(path: Path, kind: str) -> Iterator[Path]:
+    """A FIFO (with no writer) or a folder at `path`.
+
+    Afterwards the FIFO's write end is opened and closed: a reader stuck on it
+    (the bug under test) then gets EOF, so a failing test ends instead of
+    leaving a worker thread that the event loop would wait for forever.
+    """
+    if kind == "folder":
+        path.mkdir()
+        yield path
+        return
+    os.mkfifo(path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):  # ENXIO: no reader, nothing to release
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+async def test_file_that_is_not_a_regular_file_is_unavailable_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """A FIFO or folder at the secrets path is Unavailable at once; nothing blocks on it."""
+    provider = file_store(tmp_path, "a: b\n")
+    secrets = tmp_path / "secrets.yaml"
+    secrets.unlink()
+
+    with special_file(secrets, kind):
+        async with asyncio.timeout(HANG_LIMIT):
+            with pytest.raises(Unavailable) as info:
+                await provider.test_connection()
+            error = await fetch_one(provider, ref("a"))
+
+    assert f"{secrets} is not a regular file" == str(info.value)
+    assert isinstance(error, Unavailable)
+    assert f"{secrets} is not a regular file" == error.detail
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            f"user: ok\ndb: {{password: {CANARY}, when: 2001-02-30}}\n",
+            "holds a value YAML cannot read (such as an invalid date)",
+        ),
+        (f"user: ok\ndeep: {'[' * 5000}{CANARY}{']' * 5000}\n", "is nested too deeply to read"),
+    ],
+    ids=["invalid-date", "deep-nesting"],
+)
+async def test_value_yaml_cannot_build_is_unavailable_without_content(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """An invalid date or too-deep nesting is Unavailable naming the file, never the content."""
+    provider = file_store(tmp_path, text)
+
+    with pytest.raises(Unavailable) as info:
+        await provider.test_connection()
+    error = await fetch_one(provider, ref("user"))
+
+    assert f"{tmp_path / 'secrets.yaml'} {problem}" == str(info.value)
+    assert isinstance(error, Unavailable)
+    for message in (str(info.value), repr(info.value), str(error)):
+        assert CANARY not in message
+        assert CANARY[:12] not in message
 
 
 async def test_file_not_utf8_is_unavailable(tmp_path: Path) -> None:

@@ -56,12 +56,13 @@ def test_lookup_str() -> None:
     assert "aws-prod:prod/db key a.b" == str(Lookup(ref, ("a", "b")))
 
 
-def test_refs_are_hashable_and_ordered() -> None:
-    """SecretRef and Lookup are values: equal by content, usable as keys, sortable."""
+def test_refs_are_hashable_and_sort_by_text() -> None:
+    """SecretRef and Lookup are values usable as keys; pinned and unpinned sort by str."""
     a, b = SecretRef("p", "a"), SecretRef("p", "b")
-    assert {a: 1}[SecretRef("p", "a")] == 1
-    assert [a, b] == sorted([b, a])
-    assert [Lookup(a), Lookup(a, ("x",))] == sorted([Lookup(a, ("x",)), Lookup(a)])
+    pinned = SecretRef("p", "a", version="2", stage="AWSPREVIOUS")
+    assert 1 == {a: 1}[SecretRef("p", "a")]
+    assert [a, pinned, b] == sorted([b, pinned, a], key=str)
+    assert [Lookup(a), Lookup(a, ("x",))] == sorted([Lookup(a, ("x",)), Lookup(a)], key=str)
 
 
 # --- split_key ------------------------------------------------------------------------------------

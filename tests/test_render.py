@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,110 @@ def test_problems_never_hold_values(ws: Workspace) -> None:
         outcome = render(ws, payload)
         for problem in outcome.problems:
             assert_no_canary(str(problem))
+
+
+def test_computed_keys_are_never_shown(ws: Workspace) -> None:
+    """A key computed from a secret is shown as <computed> in errors and labels."""
+    values = {
+        DB: SecretValue(json.dumps({"name": "ab", "upper": "zq"})),
+        TOKEN: SecretValue(json.dumps({"ALICE": "x"})),
+    }
+    ws.namespaces["users"] = {"provider": "local", "secret": "api-token"}
+    for text in (
+        "{{ secrets.users[secrets.db.name] }}",
+        "{{ secrets.users[secrets.db.upper | upper] }}",
+        "{{ secrets.store[secrets.db.name] }}",
+        "{{ secret(secrets.db.name) }}",
+    ):
+        outcome = render(ws, text, values)  # type: ignore[arg-type]
+        shown = " ".join([*map(str, outcome.problems), *outcome.labels.values()])
+        assert "ab" not in shown.replace("local:prod/db", "")
+        assert "ZQ" not in shown
+        assert "<computed>" in shown
+
+
+def test_literal_keys_are_shown(ws: Workspace) -> None:
+    """Keys written in the template are named in errors, as users need them."""
+    (problem,) = render(ws, '{{ secrets.db["pass" ~ "word2"] }}{{ secrets.db.oops }}').problems
+    assert "<computed>" in str(problem)
+    (problem,) = render(ws, "{{ secrets.db.oops }}").problems
+    assert "'oops' not in secret prod/db" in str(problem)
+
+
+def test_include_cannot_read_secrets_or_config(ws: Workspace) -> None:
+    """{% include %} refuses the secrets file and the config file, even in the same folder."""
+    for name in ("secrets.yaml", "smagent.yaml", "../secrets.yaml"):
+        outcome = render(ws, f'{{% include "{name}" %}}')
+        assert outcome.output is None, name
+        assert "template not found" in str(outcome.problems[0])
+
+
+def test_include_of_a_fifo_does_not_hang(ws: Workspace) -> None:
+    """A FIFO under the template folder is refused, not read (a read would block forever)."""
+    (ws.root / "templates").mkdir(parents=True, exist_ok=True)
+    os.mkfifo(ws.root / "templates" / "pipe.j2")
+    outcome = render(ws, '{% include "pipe.j2" %}')
+    assert outcome.output is None
+
+
+def test_binary_secret_attributes_are_blocked(ws: Workspace) -> None:
+    """A binary secret's methods and items are not reachable from a template."""
+    values = {TOKEN: SecretValue(b"\x00\x01binary")}
+    for text in (
+        "{{ secrets.store['api-token'].reveal() }}",
+        "{{ secrets.store['api-token'][0] }}",
+    ):
+        outcome = render(ws, text, values)  # type: ignore[arg-type]
+        assert outcome.output is None
+        assert "binary secret" in str(outcome.problems[0])
+
+
+def test_slices_work_on_secret_text_and_lists(ws: Workspace) -> None:
+    """Slicing a secret's text or list gives the slice, not a key named 'slice(...)'."""
+    assert "db.|zero" == out(render(ws, "{{ secrets.db.host[:3] }}|{{ secrets.db.list[:1][0] }}"))
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        ('password: "pre-arcion-sm://m/password"', 'pw: "x'),
+        ("password: 'pre-arcion-sm://m/password post'", "it's"),
+        ('"password": "arcion-sm://m/password"', 'a"b'),
+    ],
+)
+def test_arcion_token_inside_longer_quoted_value(tmp_path: Path, line: str, value: str) -> None:
+    """A token inside a longer quoted value is escaped for that quote style."""
+    ws = Workspace(tmp_path)
+    ws.namespaces = {"m": {"provider": "local", "secret": "m"}}
+    ws.template("c.yaml", line + "\n")
+    config = load_config(ws.write())
+    values = {SecretRef("local", "m"): SecretValue(json.dumps({"password": value}))}
+    outcome = Renderer(config).render(config.templates[0], values)  # type: ignore[arg-type]
+    assert outcome.output is not None, outcome.problems
+    loaded = yaml.safe_load(outcome.output.decode())
+    expected = yaml.safe_load(line.replace("arcion-sm://m/password", "MARKER"))
+    key = next(iter(loaded))
+    assert expected[key].replace("MARKER", value) == loaded[key]
+
+
+def test_arcion_token_in_comment_is_left_alone(tmp_path: Path) -> None:
+    """Commented-out lines keep their token and need no secret."""
+    ws = Workspace(tmp_path)
+    ws.namespaces = {"m": {"provider": "local", "secret": "m"}}
+    text = "#password: arcion-sm://old/pw\nuser: x  # was arcion-sm://old/user\n"
+    ws.template("c.yaml", text)
+    config = load_config(ws.write())
+    outcome = Renderer(config).render(config.templates[0], {})
+    assert text.encode() == outcome.output
+
+
+def test_arcion_token_inside_plain_value_refuses_spaces(tmp_path: Path) -> None:
+    """A value with spaces cannot go inside a longer unquoted YAML value: a clear error."""
+    ws = Workspace(tmp_path)
+    ws.namespaces = {"m": {"provider": "local", "secret": "m"}}
+    ws.template("c.yaml", "url: jdbc:mysql://arcion-sm://m/host:3306/db\n")
+    config = load_config(ws.write())
+    values = {SecretRef("local", "m"): SecretValue(json.dumps({"host": "a: b"}))}
+    outcome = Renderer(config).render(config.templates[0], values)  # type: ignore[arg-type]
+    assert outcome.output is None
+    assert "put quotes around that value" in str(outcome.problems[0])

@@ -6,9 +6,14 @@ path into nested mappings when no top-level name matches. Strings are served
 as they are, nested mappings/lists as JSON text (so their keys work like an
 AWS JSON secret), and a YAML `!!binary` value as bytes (a binary secret).
 
-The file is re-read when its size or mtime changes, off the event loop.
+The file is re-read when its size or mtime changes, off the event loop. It
+must be a regular file: it is opened non-blocking and anything else (a FIFO, a
+device) is refused, since a read that blocks in a worker thread cannot be
+cancelled and would keep `render --once` from ever exiting.
 Parse errors report only the line and column: PyYAML's own message quotes the
-offending line, which would put a secret into the log.
+offending line, which would put a secret into the log; a value PyYAML cannot
+build (an invalid date) or nesting too deep to parse is reported without
+position or content.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import datetime
 import json
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,16 +79,25 @@ class FileProvider:
 
     def _load(self) -> Mapping[str, Any]:
         try:
-            stat = os.stat(self.path)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise Unavailable(None, f"cannot read {self.path}: {exc.strerror}") from None
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp == self._stamp:
-            return self._data
         try:
-            text = self.path.read_text(encoding="utf-8")
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                # A FIFO or device would block the read forever, and a thread cannot be cancelled.
+                raise Unavailable(None, f"{self.path} is not a regular file")
+            stamp = (info.st_mtime_ns, info.st_size)
+            if stamp == self._stamp:
+                return self._data
+            with open(fd, "rb", closefd=False) as fh:
+                raw = fh.read()
         except OSError as exc:
             raise Unavailable(None, f"cannot read {self.path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        try:
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise Unavailable(None, f"{self.path} is not UTF-8 text") from None
         try:
@@ -93,6 +108,12 @@ class FileProvider:
             raise Unavailable(None, f"{self.path} is not valid YAML/JSON{where}") from None
         except yaml.YAMLError:
             raise Unavailable(None, f"{self.path} is not valid YAML/JSON") from None
+        except (ValueError, OverflowError):  # a value PyYAML matched but cannot build: 2001-02-30
+            raise Unavailable(
+                None, f"{self.path} holds a value YAML cannot read (such as an invalid date)"
+            ) from None
+        except RecursionError:
+            raise Unavailable(None, f"{self.path} is nested too deeply to read") from None
         if not isinstance(data, dict):
             raise Unavailable(None, f"{self.path} must hold a mapping of secret names to values")
         self._data, self._stamp = data, stamp
