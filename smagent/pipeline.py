@@ -144,7 +144,7 @@ class Pipeline:
                         template=name,
                         reference=problem.reference,
                         error=problem.error.kind,
-                        detail=problem.error.detail,
+                        detail=problem.detail,
                     )
                 else:
                     log.error("template.failed", template=name, error=str(problem))

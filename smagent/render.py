@@ -73,6 +73,8 @@ class Problem:
     reference: str | None = None
     """The reference as it may be shown (computed parts masked)."""
     error: ProviderError | None = None
+    detail: str | None = None
+    """The provider's words, with a computed secret id masked."""
 
     def __str__(self) -> str:
         where = self.file or ""
@@ -660,8 +662,11 @@ class Renderer:
             problems = []
             for lookup, error in sorted(ctx.failed.values(), key=lambda pair: str(pair[0])):
                 reference = ctx.label(lookup)
-                message = f"{reference}: {error.kind}: {error.detail}"
-                problems.append(Problem(message, label, reference=reference, error=error))
+                detail = error.detail
+                if lookup.ref.secret_id not in ctx.known:  # the store quotes the id it was given
+                    detail = detail.replace(lookup.ref.secret_id, COMPUTED)
+                message = f"{reference}: {error.kind}: {detail}"
+                problems.append(Problem(message, label, None, reference, error, detail))
             return self._outcome(ctx, problems=tuple(problems))
         if ctx.missing:
             return self._outcome(ctx, missing=frozenset(ctx.missing))
