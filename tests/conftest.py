@@ -7,10 +7,12 @@ any test whose captured stdout/stderr holds one. A test that must see a value
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,26 @@ def assert_no_canary(*texts: str) -> None:
     for text in texts:
         for canary in CANARIES:
             assert canary not in text, "a canary secret leaked"
+
+
+@contextmanager
+def special_file(path: Path, kind: str) -> Iterator[Path]:
+    """A FIFO (with no writer) or a folder at `path`.
+
+    Afterwards the FIFO's write end is opened and closed: a reader stuck on it
+    (the bug under test) then gets EOF, so a failing test ends instead of
+    leaving a worker thread that the event loop would wait for forever.
+    """
+    if kind == "folder":
+        path.mkdir()
+        yield path
+        return
+    os.mkfifo(path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):  # ENXIO: no reader, nothing to release
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
 
 class Workspace:

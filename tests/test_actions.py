@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from smagent.config import (
     load_config,
 )
 from smagent.logging import REDACTOR
-from tests.conftest import CANARY
+from tests.conftest import CANARY, special_file
 
 # A child that reports each signal it gets as one line on stdout; it writes its
 # pidfile only once its handlers are installed, then says "ready".
@@ -83,26 +82,6 @@ async def signal_child(pidfile: Path) -> AsyncIterator[asyncio.subprocess.Proces
         if proc.returncode is None:
             proc.kill()
         await proc.communicate()
-
-
-@contextmanager
-def special_file(path: Path, kind: str) -> Iterator[Path]:
-    """A FIFO (with no writer) or a folder at `path`.
-
-    Afterwards the FIFO's write end is opened and closed: a reader stuck on it
-    (the bug under test) then gets EOF, so a failing test ends instead of
-    leaving a worker thread that the event loop would wait for forever.
-    """
-    if kind == "folder":
-        path.mkdir()
-        yield path
-        return
-    os.mkfifo(path)
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(OSError):  # ENXIO: no reader, nothing to release
-            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def alive(pid: int) -> bool:

@@ -8,11 +8,9 @@ in the real process environment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from smagent.providers.base import (
 )
 from smagent.providers.env import EnvProvider
 from smagent.references import SecretRef
-from tests.conftest import CANARY, CANARY_TOKEN, CANARY_USER
+from tests.conftest import CANARY, CANARY_TOKEN, CANARY_USER, special_file
 
 STORE = "store"
 PLAIN = "SMAGENT_T_PLAIN"
@@ -247,26 +245,6 @@ async def test_yaml_error_position_is_exact(tmp_path: Path) -> None:
 
     column = len(f"password: {CANARY}:")
     assert str(info.value).endswith(f"at line 2, column {column}")
-
-
-@contextmanager
-def special_file(path: Path, kind: str) -> Iterator[Path]:
-    """A FIFO (with no writer) or a folder at `path`.
-
-    Afterwards the FIFO's write end is opened and closed: a reader stuck on it
-    (the bug under test) then gets EOF, so a failing test ends instead of
-    leaving a worker thread that the event loop would wait for forever.
-    """
-    if kind == "folder":
-        path.mkdir()
-        yield path
-        return
-    os.mkfifo(path)
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(OSError):  # ENXIO: no reader, nothing to release
-            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder"])

@@ -263,6 +263,16 @@ def test_arcion_seed_file_renders_unchanged(tmp_path: Path) -> None:
     assert seed_lines == [line for line in text.splitlines() if line in seed_lines]
 
 
+def render_arcion(tmp_path: Path, text: str, fields: dict[str, object]) -> RenderOutcome:
+    """Render `text` as a template whose namespace `m` holds `fields` as a JSON secret."""
+    ws = Workspace(tmp_path)
+    ws.namespaces = {"m": {"provider": "local", "secret": "m"}}
+    ws.template("c.yaml", text)
+    config = load_config(ws.write())
+    values = {SecretRef("local", "m"): SecretValue(json.dumps(fields))}
+    return Renderer(config).render(config.templates[0], values)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("line", "value", "expected"),
     [
@@ -276,12 +286,7 @@ def test_arcion_seed_file_renders_unchanged(tmp_path: Path) -> None:
 )
 def test_arcion_token_contexts(tmp_path: Path, line: str, value: str, expected: str | None) -> None:
     """A token in quotes, flow lists, block lists, inside a longer value or before a comment."""
-    ws = Workspace(tmp_path)
-    ws.namespaces = {"m": {"provider": "local", "secret": "m"}}
-    ws.template("c.yaml", line + "\n")
-    config = load_config(ws.write())
-    values = {SecretRef("local", "m"): SecretValue(json.dumps({"password": value}))}
-    outcome = Renderer(config).render(config.templates[0], values)  # type: ignore[arg-type]
+    outcome = render_arcion(tmp_path, line + "\n", {"password": value})
     assert outcome.output is not None, outcome.problems
     loaded = yaml.safe_load(outcome.output.decode())
     if isinstance(loaded, list):
@@ -393,12 +398,7 @@ def test_slices_work_on_secret_text_and_lists(ws: Workspace) -> None:
 )
 def test_arcion_token_inside_longer_quoted_value(tmp_path: Path, line: str, value: str) -> None:
     """A token inside a longer quoted value is escaped for that quote style."""
-    ws = Workspace(tmp_path)
-    ws.namespaces = {"m": {"provider": "local", "secret": "m"}}
-    ws.template("c.yaml", line + "\n")
-    config = load_config(ws.write())
-    values = {SecretRef("local", "m"): SecretValue(json.dumps({"password": value}))}
-    outcome = Renderer(config).render(config.templates[0], values)  # type: ignore[arg-type]
+    outcome = render_arcion(tmp_path, line + "\n", {"password": value})
     assert outcome.output is not None, outcome.problems
     loaded = yaml.safe_load(outcome.output.decode())
     expected = yaml.safe_load(line.replace("arcion-sm://m/password", "MARKER"))
@@ -419,11 +419,7 @@ def test_arcion_token_in_comment_is_left_alone(tmp_path: Path) -> None:
 
 def test_arcion_token_inside_plain_value_refuses_spaces(tmp_path: Path) -> None:
     """A value with spaces cannot go inside a longer unquoted YAML value: a clear error."""
-    ws = Workspace(tmp_path)
-    ws.namespaces = {"m": {"provider": "local", "secret": "m"}}
-    ws.template("c.yaml", "url: jdbc:mysql://arcion-sm://m/host:3306/db\n")
-    config = load_config(ws.write())
-    values = {SecretRef("local", "m"): SecretValue(json.dumps({"host": "a: b"}))}
-    outcome = Renderer(config).render(config.templates[0], values)  # type: ignore[arg-type]
+    text = "url: jdbc:mysql://arcion-sm://m/host:3306/db\n"
+    outcome = render_arcion(tmp_path, text, {"host": "a: b"})
     assert outcome.output is None
     assert "put quotes around that value" in str(outcome.problems[0])
