@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import IO
 
 from smagent.config import Action, CommandAction, SignalPidfileAction, SignalUnitAction
 from smagent.logging import REDACTOR, get_logger
+from smagent.regular_file import NotRegularFile, read_regular
 
 log = get_logger()
 
@@ -102,11 +102,14 @@ class ActionFailed(Exception):
 
 async def _signal_pidfile(action: SignalPidfileAction) -> str:
     try:
-        text = await asyncio.to_thread(_read_small, action.pidfile)
+        data, _ = await asyncio.to_thread(read_regular, action.pidfile, 64)
+    except NotRegularFile:
+        raise ActionFailed(f"pidfile {action.pidfile} is not a regular file") from None
     except FileNotFoundError:
         raise ActionFailed(f"pidfile {action.pidfile} not found") from None
     except OSError as exc:
         raise ActionFailed(f"cannot read pidfile {action.pidfile}: {exc.strerror}") from None
+    text = data.decode("ascii", errors="replace")
     first = text.strip().split()[0] if text.strip() else ""
     if not first.isdigit() or not 1 < int(first) < 2**31:
         raise ActionFailed(f"pidfile {action.pidfile} holds no usable process id")
@@ -118,21 +121,6 @@ async def _signal_pidfile(action: SignalPidfileAction) -> str:
     except PermissionError:
         raise ActionFailed(f"not allowed to signal process {pid} (from {action.pidfile})") from None
     return f"sent SIG{action.signal} to {pid}"
-
-
-def _read_small(path: str) -> str:
-    """The first bytes of a pidfile, which must be a regular file.
-
-    Opened non-blocking: a FIFO at that path would otherwise block the worker
-    thread forever (a thread cannot be cancelled), and the pass with it.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ActionFailed(f"pidfile {path} is not a regular file")
-        return os.read(fd, 64).decode("ascii", errors="replace")
-    finally:
-        os.close(fd)
 
 
 async def _signal_unit(action: SignalUnitAction) -> str:

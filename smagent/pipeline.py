@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import difflib
 import enum
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from smagent.config import Config, Template
 from smagent.logging import get_logger
 from smagent.providers.base import Provider
 from smagent.references import Lookup, SecretRef
+from smagent.regular_file import read_regular
 from smagent.render import Problem, Renderer, RenderOutcome
 from smagent.resolver import Resolver
 
@@ -187,9 +187,7 @@ class Pipeline:
 def _changed_lines(template: Template, new: bytes) -> tuple[int, ...]:
     """Line numbers (1-based, in the new file) that differ from the file on disk."""
     try:
-        fd = os.open(template.destination, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as fh:
-            old = fh.read()
+        old, _ = read_regular(template.destination, follow_symlinks=False)  # replaced, not read
     except OSError:
         old = b""
     new_lines = new.splitlines()

@@ -27,7 +27,6 @@ import contextvars
 import functools
 import os
 import re
-import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from smagent.references import (
     SecretRef,
     parse_secret_call,
 )
+from smagent.regular_file import read_regular
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject, parse_json_text
 
 COMPUTED = "<computed>"
@@ -461,21 +461,12 @@ class _Loader(jinja2.BaseLoader):
 
 
 def _read_regular_file(path: Path) -> tuple[str, int] | None:
-    """Text and mtime of a regular file; None for anything else (a FIFO would block forever)."""
+    """Text and mtime of a regular UTF-8 file; None for anything else."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read().decode("utf-8"), info.st_mtime_ns
+        data, info = read_regular(path)
+        return data.decode("utf-8"), info.st_mtime_ns
     except (OSError, UnicodeDecodeError):
         return None
-    finally:
-        os.close(fd)
 
 
 def _unchanged(path: Path, mtime: int) -> bool:

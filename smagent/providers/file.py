@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import os
-import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import yaml
 from smagent.config import FileProvider as FileProviderConfig
 from smagent.providers.base import FetchResult, NotFound, SecretValue, Unavailable
 from smagent.references import SecretRef
+from smagent.regular_file import NotRegularFile, read_regular
 
 
 class FileProvider:
@@ -79,23 +78,14 @@ class FileProvider:
 
     def _load(self) -> Mapping[str, Any]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            raw, info = read_regular(self.path)
+        except NotRegularFile:
+            raise Unavailable(None, f"{self.path} is not a regular file") from None
         except OSError as exc:
             raise Unavailable(None, f"cannot read {self.path}: {exc.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                # A FIFO or device would block the read forever, and a thread cannot be cancelled.
-                raise Unavailable(None, f"{self.path} is not a regular file")
-            stamp = (info.st_mtime_ns, info.st_size)
-            if stamp == self._stamp:
-                return self._data
-            with open(fd, "rb", closefd=False) as fh:
-                raw = fh.read()
-        except OSError as exc:
-            raise Unavailable(None, f"cannot read {self.path}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
+        stamp = (info.st_mtime_ns, info.st_size)
+        if stamp == self._stamp:
+            return self._data
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
