@@ -116,16 +116,18 @@ class _Context:
     failed: dict[SecretRef, tuple[Lookup, ProviderError]] = field(default_factory=dict)
     """Per failed secret, the deepest lookup that hit it (`db.password`, not `db`)."""
 
+    def plain(self, text: object) -> str:
+        """`text` as it may be shown: itself when written literally, else `<computed>`."""
+        return str(text) if str(text) in self.known else COMPUTED
+
     def show(self, text: object) -> str:
-        return repr(text) if str(text) in self.known else COMPUTED
+        """`plain`, quoted when shown."""
+        return repr(str(text)) if str(text) in self.known else COMPUTED
 
     def label(self, lookup: Lookup) -> str:
         """`str(lookup)` with every part that is not literal text masked."""
         ref = lookup.ref
-
-        def part(text: str) -> str:
-            return text if text in self.known else COMPUTED
-
+        part = self.plain
         text = f"{ref.provider}:{part(ref.secret_id)}"
         if ref.version is not None:
             text += f"@{part(ref.version)}"
@@ -159,7 +161,7 @@ class _Context:
         return self._walk(raw, lookup)
 
     def _walk(self, raw: str, lookup: Lookup) -> Any:
-        secret = self.show(lookup.ref.secret_id).strip("'")
+        secret = self.plain(lookup.ref.secret_id)
         node = parse_json_text(raw)
         if node is None:
             raise ReferenceProblem(
@@ -168,7 +170,7 @@ class _Context:
                 lookup,
             )
         for depth, part in enumerate(lookup.key):
-            at = ".".join(k if k in self.known else COMPUTED for k in lookup.key[:depth])
+            at = ".".join(map(self.plain, lookup.key[:depth]))
             where = f"secret {secret}" + (f" at {at}" if at else "")
             node = _child_value(node, part, where, self.show, lookup)
         if isinstance(node, JsonObject):
