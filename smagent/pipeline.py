@@ -89,10 +89,10 @@ class Pipeline:
         if not dry_run:
             changed = [t for t in result.templates if t.status is Status.WRITTEN]
             result.actions = await run_actions(a for t in changed for a in t.template.on_change)
-        counts = {s.value: sum(t.status is s for t in result.templates) for s in Status}
+        counts = {s.name.lower(): sum(t.status is s for t in result.templates) for s in Status}
         log.info(
             "pass.finished",
-            **{k.replace(" ", "_").replace("/", "_"): v for k, v in counts.items() if v},
+            **{name: count for name, count in counts.items() if count},
             secrets_fetched=resolver.requests,
             ms=round((time.monotonic() - started) * 1000, 1),
         )

@@ -289,3 +289,11 @@ def test_json_logs_are_one_object_per_line(ws: Workspace) -> None:
     for line in run.stderr.splitlines():
         event = json.loads(line)
         assert {"event", "level", "timestamp"} <= event.keys()
+
+
+def test_pass_finished_counts_outcomes(ws: Workspace) -> None:
+    """pass.finished carries a count per outcome and the number of secrets fetched."""
+    ws.template("creds.j2", CREDS)
+    ws.template("bad.j2", "{{ secrets.store.nonexistent }}\n")
+    (finished,) = [e for e in ws.run("render", "--once").logs() if e["event"] == "pass.finished"]
+    assert (1, 1, 2) == (finished["written"], finished["failed"], finished["secrets_fetched"])
