@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO
 
 from smagent.config import Action, CommandAction, SignalPidfileAction, SignalUnitAction
 from smagent.logging import REDACTOR, get_logger
@@ -25,6 +25,15 @@ log = get_logger()
 
 SYSTEMCTL_TIMEOUT = 30.0
 
+TRIM_EVERY = 0.1
+"""Seconds between looks at the size of a running command's output file."""
+OUTPUT_TRIM_AT = 1024 * 1024
+"""Bytes of output on disk past which the older part is dropped."""
+OUTPUT_WINDOW = 64 * 1024
+"""Bytes of a failed command's output read back (and scrubbed as a whole)."""
+OUTPUT_SHOWN = 2000
+"""Characters of it that reach the debug log."""
+
 
 @dataclass(frozen=True, slots=True)
 class ActionResult:
@@ -32,9 +41,9 @@ class ActionResult:
     ok: bool
     detail: str = ""
     output: str = ""
-    """The end of a failed command's stderr, redacted. Logged at debug level only: a
-    command may echo a config line holding a derived form of a secret (URL-encoded,
-    quoted) that the redactor cannot recognise."""
+    """The end of a failed command's stdout and stderr, redacted. Logged at debug level
+    only: a command may echo a config line holding a derived form of a secret
+    (URL-encoded, quoted) that the redactor cannot recognise."""
 
 
 def action_key(action: Action) -> tuple[object, ...]:
@@ -75,7 +84,7 @@ async def run_actions(actions: Iterable[Action]) -> list[ActionResult]:
         else:
             log.error("action.failed", action=result.action, error=result.detail)
             if result.output:
-                log.debug("action.stderr", action=result.action, stderr=result.output)
+                log.debug("action.output", action=result.action, output=result.output)
         results.append(result)
     return results
 
@@ -140,18 +149,24 @@ async def _run_command(argv: list[str], limit: float) -> str:
     """Run `argv` (no shell) and wait for it to exit, at most `limit` seconds.
 
     Waiting is for the process, not for its output to close: a reload command
-    that starts a daemon (which inherits stderr) has finished when it exits.
-    So stderr goes to an anonymous file, not a pipe (asyncio's wait() would
-    also wait for every holder of a pipe to close it). Past the limit the whole
-    process group is killed.
+    that starts a daemon (which inherits stdout and stderr) has finished when
+    it exits. So both go to one anonymous file, not a pipe (asyncio's wait()
+    would also wait for every holder of a pipe to close it, and a daemon that
+    outlived us would die of SIGPIPE). The command appends to the file, so
+    while it runs the file can be emptied whenever it passes OUTPUT_TRIM_AT
+    (its last OUTPUT_WINDOW bytes kept in memory): a command that prints
+    without end fills neither the disk nor our memory. Past the limit the
+    whole process group is killed.
     """
-    with tempfile.TemporaryFile() as errors:
+    with tempfile.TemporaryFile() as output:
+        fd = output.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=errors,
+                stdout=output,
+                stderr=output,
                 start_new_session=True,
             )
         except FileNotFoundError:
@@ -160,25 +175,64 @@ async def _run_command(argv: list[str], limit: float) -> str:
             raise ActionFailed(f"command not executable: {argv[0]}") from None
         except OSError as exc:
             raise ActionFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
+        earlier = b""
+        exited = asyncio.ensure_future(process.wait())
+        deadline = asyncio.get_running_loop().time() + limit
         try:
-            async with asyncio.timeout(limit):
-                await process.wait()
-        except TimeoutError:
-            _kill_group(process.pid)
-            await process.wait()
-            raise ActionFailed(f"timed out after {limit:g}s and was killed") from None
+            while not exited.done():
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    _kill_group(process.pid)
+                    await exited
+                    tail = await asyncio.to_thread(_tail, fd, earlier)
+                    raise ActionFailed(f"timed out after {limit:g}s and was killed", _show(tail))
+                await asyncio.wait({exited}, timeout=min(TRIM_EVERY, remaining))
+                if not exited.done():
+                    earlier = await asyncio.to_thread(_trim, fd, earlier)
+        finally:
+            exited.cancel()
         if process.returncode == 0:
             return "exited 0"
-        stderr = await asyncio.to_thread(_tail, errors, 65536)
-    # scrub before cutting: a secret cut in half by the tail would no longer match
-    tail = REDACTOR.scrub(stderr.decode("utf-8", "replace").strip())[-300:]
-    raise ActionFailed(f"exited with status {process.returncode}", tail)
+        tail = await asyncio.to_thread(_tail, fd, earlier)
+    raise ActionFailed(_exit_status(process.returncode), _show(tail))
 
 
-def _tail(file: IO[bytes], size: int) -> bytes:
-    end = file.seek(0, os.SEEK_END)
-    file.seek(max(0, end - size))
-    return file.read()
+def _trim(fd: int, earlier: bytes) -> bytes:
+    """Cut the output file back to nothing once it passes OUTPUT_TRIM_AT, keeping its tail."""
+    size = os.fstat(fd).st_size
+    if size <= OUTPUT_TRIM_AT:
+        return earlier
+    tail = os.pread(fd, OUTPUT_WINDOW, size - OUTPUT_WINDOW)
+    os.ftruncate(fd, 0)  # the command appends: its next write lands at the new end
+    return tail
+
+
+def _tail(fd: int, earlier: bytes) -> bytes:
+    size = os.fstat(fd).st_size
+    start = max(0, size - OUTPUT_WINDOW)
+    return (earlier + os.pread(fd, size - start, start))[-OUTPUT_WINDOW:]
+
+
+def _show(output: bytes) -> str:
+    """The end of a command's output as it may be logged: scrubbed, printable, short.
+
+    Scrubbed before it is cut, so a secret cut in half by the cut is still
+    recognised; control characters are escaped, so the output cannot drive
+    the terminal that reads the log.
+    """
+    text = REDACTOR.scrub(output.decode("utf-8", "replace")).strip()
+    text = "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+    return text if len(text) <= OUTPUT_SHOWN else "[...]" + text[-OUTPUT_SHOWN:]
+
+
+def _exit_status(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with status {returncode}"
 
 
 def _kill_group(pid: int) -> None:

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from smagent import __version__
-from smagent.config import Config, ConfigError, find_config_path, load_config
+from smagent.config import Config, ConfigError, Template, find_config_path, load_config
 from smagent.logging import REDACTOR, configure
 
 if TYPE_CHECKING:
     from smagent.pipeline import PassResult
-    from smagent.providers.base import Provider
+    from smagent.providers.base import FetchResult, Provider
     from smagent.references import Lookup
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -81,11 +81,28 @@ def cmd_render(args: argparse.Namespace) -> int:
             "yet; run `smagent render --once`"
         )
     config = _load(args)
-    templates = config.select(args.template or [])
+    templates = _select(config, args.template or [])
     result = asyncio.run(_with_providers(config, _render, config, templates, args.dry_run))
     if args.dry_run:
         _print_dry_run(result)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _select(config: Config, names: list[str]) -> tuple[Template, ...]:
+    """The templates `--template` names; a name that matches none is a usage error."""
+    unknown = []
+    for name in dict.fromkeys(names):
+        try:
+            config.select([name])
+        except ConfigError:
+            unknown.append(name)
+    if unknown:
+        known = ", ".join(t.name for t in config.templates) or "none configured"
+        raise UsageError(
+            f"--template {', '.join(map(repr, unknown))}: no template of {config.path} has "
+            f"that name, source or destination (templates: {known})"
+        )
+    return config.select(names)
 
 
 async def _render(
@@ -102,8 +119,11 @@ def _print_dry_run(result: PassResult) -> None:
     width = max((len(s.value) for s in Status), default=0)
     for item in result.templates:
         line = f"{item.status.value:<{width}}  {item.template.destination}  ({item.template.name})"
-        if item.changed_lines:
-            line += f"  lines {_ranges(item.changed_lines)} differ"
+        changed = item.changed_lines
+        if len(changed) == 1:
+            line += f"  line {changed[0]} differs"
+        elif changed:
+            line += f"  lines {_ranges(changed)} differ"
         _out(line, scrub=False)
         for problem in item.problems:
             _out(f"    {problem}")
@@ -135,7 +155,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 async def _check(providers: dict[str, Provider], config: Config, connect: bool) -> int:
     from smagent.pipeline import Pipeline
-    from smagent.providers.base import ProviderError
     from smagent.render import COMPUTED
     from smagent.resolver import Resolver
 
@@ -149,17 +168,38 @@ async def _check(providers: dict[str, Provider], config: Config, connect: bool) 
     for template, outcome in zip(config.templates, outcomes, strict=True):
         _out(f"{template.name} -> {template.destination}", scrub=False)
         for lookup in _deepest(outcome.lookups):
-            found = resolver.results.get(lookup.ref)
-            status = (
-                ""
-                if found is None
-                else ("  failed" if isinstance(found, ProviderError) else "  ok")
-            )
-            _out(f"    {outcome.labels.get(lookup, COMPUTED)}{status}")
-        for problem in outcome.problems:
-            _out(f"    error: {problem}")
+            label = outcome.labels.get(lookup, COMPUTED)
+            if not connect:
+                _out(f"    {label}")
+                continue
+            problem = _lookup_problem(lookup, resolver.results.get(lookup.ref), label)
+            _out(f"    {label}  " + ("ok" if problem is None else f"failed: {problem}"))
+            failed = failed or problem is not None
+        for error in outcome.problems:
+            _out(f"    error: {error}")
             failed = True
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _lookup_problem(lookup: Lookup, found: FetchResult | None, label: str) -> str | None:
+    """Why `lookup` gives no value (its whole key path walked), or None when it does.
+
+    A fetched secret is not enough: `db.pasword` fails when `pasword` is not
+    in it. The reason names keys, never values; when part of the lookup was
+    computed from a secret (shown as <computed>), not even the key.
+    """
+    from smagent.providers.base import ProviderError
+    from smagent.render import COMPUTED, ReferenceProblem, extract
+
+    if found is None:
+        return "not resolved"
+    if isinstance(found, ProviderError):
+        return found.kind  # the provider's words follow on the template's error line
+    try:
+        extract(lookup, found)
+    except ReferenceProblem as exc:
+        return "key path not found in the secret" if COMPUTED in label else str(exc)
+    return None
 
 
 def _deepest(lookups: frozenset[Lookup]) -> list[Lookup]:
@@ -215,11 +255,16 @@ async def _get(providers: dict[str, Provider], config: Config, lookup: Lookup, r
 
 def cmd_test_connection(args: argparse.Namespace) -> int:
     config = _load(args)
-    names = args.providers or list(config.providers)
+    names = list(dict.fromkeys(args.providers or config.providers))
     unknown = [n for n in names if n not in config.providers]
     if unknown:
-        known = ", ".join(config.providers) or "none"
-        raise UsageError(f"unknown provider(s) {', '.join(unknown)} (providers: {known})")
+        known = ", ".join(config.providers) or "none configured"
+        raise UsageError(
+            f"{config.path}: no provider named {', '.join(map(repr, unknown))} (providers: {known})"
+        )
+    if not names:
+        _out(f"no providers in {config.path}: nothing to test", scrub=False)
+        return EXIT_OK
     return int(asyncio.run(_with_providers(config, _test_connection, config, names)))
 
 

@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
-from smagent.actions import ActionResult, action_key, coalesce, run_action, run_actions
+from smagent.actions import (
+    OUTPUT_SHOWN,
+    ActionResult,
+    action_key,
+    coalesce,
+    run_action,
+    run_actions,
+)
 from smagent.config import (
     Action,
     CommandAction,
@@ -27,7 +35,8 @@ from smagent.config import (
     load_config,
 )
 from smagent.logging import REDACTOR
-from tests.conftest import CANARY, special_file
+from tests.conftest import CANARY_ENV, CANARY_ENV_NAME, fake_systemctl, special_file
+from tests.leaks import find_leaks
 
 # A child that reports each signal it gets as one line on stdout; it writes its
 # pidfile only once its handlers are installed, then says "ready".
@@ -157,9 +166,13 @@ async def test_pidfile_that_is_not_a_regular_file_is_refused_at_once(
     """A FIFO or folder at the pidfile path gives ok=False at once; nothing blocks on it."""
     (action,) = load_actions(tmp_path, [{"signal": "HUP", "pidfile": "app.pid"}])
 
+    started = time.monotonic()
     with special_file(tmp_path / "app.pid", kind):
         async with asyncio.timeout(HANG_LIMIT):
             result = await run_action(action)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 2, f"blocked on the {kind} for {elapsed:.1f}s"
 
     assert False is result.ok
     assert f"pidfile {tmp_path / 'app.pid'} is not a regular file" == result.detail
@@ -195,10 +208,12 @@ async def test_pid_of_a_dead_process_is_reported_not_raised(tmp_path: Path) -> N
 # -- signals by systemd unit ------------------------------------------------------------------
 
 
-async def test_signal_to_a_unit_without_systemd_is_reported_not_raised(tmp_path: Path) -> None:
-    """{signal, systemd_unit} with no systemd to talk to gives ok=False with a readable detail."""
-    if Path("/proc/1/comm").read_text().strip() == "systemd":
-        pytest.skip("systemd is PID 1 here: signalling a unit would really happen")
+async def test_signal_to_a_unit_without_systemctl_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """{signal, systemd_unit} on a host with no systemctl gives ok=False saying so."""
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     (action,) = load_actions(
         tmp_path, [{"signal": "HUP", "systemd_unit": "smagent-test-no-such.service"}]
     )
@@ -206,9 +221,55 @@ async def test_signal_to_a_unit_without_systemd_is_reported_not_raised(tmp_path:
 
     result = await run_action(action)
 
-    assert "signal HUP to unit smagent-test-no-such.service" == result.action
-    assert False is result.ok
-    assert result.detail.startswith(("exited with status ", "command not found: systemctl"))
+    expected = ActionResult(
+        "signal HUP to unit smagent-test-no-such.service", False, "command not found: systemctl"
+    )
+    assert expected == result
+
+
+def systemctl_on_path(folder: Path, monkeypatch: pytest.MonkeyPatch, status: int = 0) -> Path:
+    bin_dir, record = fake_systemctl(folder, status)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return record
+
+
+@pytest.mark.parametrize(("name", "signal_arg"), [("HUP", "SIGHUP"), ("SIGUSR2", "SIGUSR2")])
+async def test_signal_to_a_unit_runs_systemctl_kill_with_these_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, signal_arg: str
+) -> None:
+    """A unit signal runs exactly `systemctl kill --kill-whom=main --signal=SIGx -- UNIT`."""
+    record = systemctl_on_path(tmp_path, monkeypatch)
+    (action,) = load_actions(tmp_path, [{"signal": name, "systemd_unit": "pg@main.service"}])
+
+    result = await run_action(action)
+
+    assert ["kill", "--kill-whom=main", f"--signal={signal_arg}", "--", "pg@main.service"] == (
+        record.read_text().splitlines()
+    )
+    expected = ActionResult(
+        f"signal {signal_arg.removeprefix('SIG')} to unit pg@main.service",
+        True,
+        f"sent {signal_arg} to pg@main.service",
+    )
+    assert expected == result
+
+
+async def test_failing_systemctl_is_reported_with_its_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemctl refusing (unit not loaded) gives ok=False, its status, and its message."""
+    systemctl_on_path(tmp_path, monkeypatch, status=5)
+    (action,) = load_actions(tmp_path, [{"signal": "HUP", "systemd_unit": "pg.service"}])
+
+    result = await run_action(action)
+
+    expected = ActionResult(
+        "signal HUP to unit pg.service",
+        False,
+        "exited with status 5",
+        "Failed to kill unit: Unit pg.service not loaded.",
+    )
+    assert expected == result
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -305,31 +366,160 @@ async def test_command_past_its_timeout_is_killed_with_its_process_group(
     assert False is alive(grandchild)
 
 
-async def test_secret_in_command_stderr_is_redacted(tmp_path: Path) -> None:
-    """A registered secret in a failing command's stderr becomes <redacted> in its tail."""
-    REDACTOR.add(CANARY)
-    code = f"import sys; print('login failed for {CANARY}', file=sys.stderr); sys.exit(1)"
+def echo_env_secret(stream: str, before: str = "", after: str = "", code: int = 1) -> list[str]:
+    """A command that prints the env provider's canary to `stream` and exits `code`.
+
+    The value comes from the environment, so no test file holds it.
+    """
+    return python(
+        f"import os, sys; v = os.environ[{CANARY_ENV_NAME!r}]; "
+        f"sys.{stream}.write({before!r} + v + {after!r}); sys.exit({code})"
+    )
+
+
+async def test_secret_in_command_output_is_redacted(tmp_path: Path) -> None:
+    """A registered secret in a failing command's stderr or stdout becomes <redacted>."""
+    REDACTOR.add(CANARY_ENV)
+    for stream in ("stderr", "stdout"):
+        (action,) = load_actions(
+            tmp_path, [{"command": echo_env_secret(stream, "login failed for ", "\n")}]
+        )
+
+        result = await run_action(action)
+
+        assert "login failed for <redacted>" == result.output, stream
+
+
+async def test_secret_cut_by_the_output_tail_is_not_half_revealed(tmp_path: Path) -> None:
+    """A secret straddling the start of the shown tail leaks none of its characters."""
+    REDACTOR.add(CANARY_ENV)
+    half = len(CANARY_ENV) // 2
+    # the output ends with the second half of the secret at the very start of the shown tail
+    padding = OUTPUT_SHOWN - (len(CANARY_ENV) - half)
+    (action,) = load_actions(
+        tmp_path, [{"command": echo_env_secret("stderr", "x" * 5000, "." * padding)}]
+    )
+
+    result = await run_action(action)
+
+    assert "exited with status 1" == result.detail
+    assert result.output.startswith("[...]")
+    assert OUTPUT_SHOWN + len("[...]") >= len(result.output)
+    assert [] == find_leaks(result.output, "the output tail")
+
+
+async def test_stdout_and_stderr_are_kept_in_order(tmp_path: Path) -> None:
+    """A failing command's stdout and stderr lines are kept together, in the order written."""
+    code = (
+        "import sys\n"
+        "for i in range(3):\n"
+        "    print(f'out {i}', flush=True); print(f'err {i}', file=sys.stderr, flush=True)\n"
+        "sys.exit(2)"
+    )
     (action,) = load_actions(tmp_path, [{"command": python(code)}])
 
     result = await run_action(action)
 
-    assert "login failed for <redacted>" == result.output
+    assert (
+        ActionResult(
+            result.action,
+            False,
+            "exited with status 2",
+            "\n".join(f"{stream} {i}" for i in range(3) for stream in ("out", "err")),
+        )
+        == result
+    )
 
 
-async def test_secret_cut_by_the_stderr_tail_is_not_half_revealed(tmp_path: Path) -> None:
-    """A secret straddling the start of the stderr tail leaks none of its characters."""
-    REDACTOR.add(CANARY)
-    half = len(CANARY) // 2
-    # stderr ends with the second half of the secret at the very start of the last 300 chars
-    padding = 300 - (len(CANARY) - half)
-    code = f"import sys; sys.stderr.write({CANARY!r} + '.' * {padding}); sys.exit(1)"
+async def test_control_characters_in_output_are_escaped(tmp_path: Path) -> None:
+    """Terminal escapes and carriage returns in a command's output reach the log escaped."""
+    code = r"import sys; sys.stderr.write('\x1b[31mred\x1b[0m\rover\nnext\tcol'); sys.exit(1)"
     (action,) = load_actions(tmp_path, [{"command": python(code)}])
 
     result = await run_action(action)
 
-    assert False is result.ok
-    assert CANARY[half:] not in result.output
-    assert CANARY[-8:] not in result.output
+    assert r"\x1b[31mred\x1b[0m\rover" + "\nnext\tcol" == result.output
+
+
+async def test_command_killed_by_a_signal_names_the_signal(tmp_path: Path) -> None:
+    """A command that dies of a signal is reported by the signal's name, not a negative status."""
+    (action,) = load_actions(
+        tmp_path, [{"command": python("import os, signal; os.kill(os.getpid(), signal.SIGTERM)")}]
+    )
+
+    result = await run_action(action)
+
+    assert ActionResult(result.action, False, "killed by SIGTERM") == result
+
+
+async def test_timed_out_command_keeps_its_output(tmp_path: Path) -> None:
+    """A command killed at its timeout still shows what it printed before."""
+    code = "import time; print('waiting for the lock', flush=True); time.sleep(30)"
+    (action,) = load_actions(tmp_path, [{"command": python(code), "timeout": "500ms"}])
+
+    result = await run_action(action)
+
+    expected = ActionResult(
+        result.action, False, "timed out after 0.5s and was killed", "waiting for the lock"
+    )
+    assert expected == result
+
+
+async def test_output_flood_is_bounded_on_disk_and_in_the_log(tmp_path: Path) -> None:
+    """A command printing 32 MiB keeps its output file small while it runs and logs its end."""
+    code = (
+        "import os, sys, time\n"
+        "chunk = b'.' * (1 << 20)\n"
+        "largest = 0\n"
+        "for _ in range(32):\n"
+        "    os.write(1, chunk)\n"
+        "    largest = max(largest, os.fstat(1).st_size)\n"
+        "    time.sleep(0.02)\n"
+        "sys.stderr.write(f'largest {largest}\\nthe real error')\n"
+        "sys.exit(1)\n"
+    )
+    (action,) = load_actions(tmp_path, [{"command": python(code), "timeout": "20s"}])
+
+    result = await run_action(action)
+
+    assert "exited with status 1" == result.detail
+    assert result.output.endswith("\nthe real error"), result.output[-200:]
+    assert OUTPUT_SHOWN + len("[...]") >= len(result.output)
+    largest = int(result.output.rsplit("largest ", 1)[1].split()[0])
+    assert largest < 16 << 20, f"the output file grew to {largest} bytes"
+
+
+async def test_failing_command_that_leaves_a_child_holding_its_output(tmp_path: Path) -> None:
+    """A failing command whose background child keeps stdout open is done (and shown) at exit."""
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 30 & echo $! > {pidfile}; echo 'config test failed'; exit 4"
+    (action,) = load_actions(tmp_path, [{"command": ["sh", "-c", script], "timeout": "10s"}])
+
+    started = time.monotonic()
+    result = await run_action(action)
+    elapsed = time.monotonic() - started
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+    assert ActionResult(result.action, False, "exited with status 4", "config test failed") == (
+        result
+    )
+    assert elapsed < 2, f"waited for the child's stdout to close ({elapsed:.1f}s)"
+
+
+async def test_failed_action_output_is_logged_at_debug_only(tmp_path: Path) -> None:
+    """The error event names the action and status; the output goes to a debug event."""
+    code = "import sys; print('bad line 3', file=sys.stderr); sys.exit(1)"
+    actions = load_actions(tmp_path, [{"command": python(code)}])
+
+    with structlog.testing.capture_logs() as events:
+        (result,) = await run_actions(actions)
+
+    assert [
+        {"event": "action.failed", "log_level": "error", "action": result.action,
+         "error": "exited with status 1"},
+        {"event": "action.output", "log_level": "debug", "action": result.action,
+         "output": "bad line 3"},
+    ] == events  # fmt: skip
 
 
 # -- coalescing ---------------------------------------------------------------------------------

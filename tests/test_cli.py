@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from smagent import __version__
-from tests.conftest import CANARY, CANARY_TOKEN, CANARY_USER, Workspace, assert_no_canary, run_cli
+from smagent.actions import OUTPUT_SHOWN
+from tests.conftest import (
+    CANARY,
+    CANARY_TOKEN,
+    CANARY_USER,
+    Workspace,
+    assert_no_canary,
+    fake_systemctl,
+    run_cli,
+)
+from tests.leaks import allow_secrets_in
 
 CREDS = "user={{ secrets.db.username }}\npassword={{ secrets.db.password }}\n"
 
@@ -114,16 +125,19 @@ def test_dry_run_prints_masked_summary(ws: Workspace) -> None:
     other.parent.mkdir(parents=True)
     other.write_text("static\n")
     other.chmod(0o600)
+    one = ws.template("one.j2", "static\n{{ secrets.db.password }}\n")
+    one.write_text("static\nold password\n")
     run = ws.run("render", "--dry-run")
     assert 0 == run.returncode, run.stderr
     assert not creds.exists()
     lines = run.stdout.splitlines()
+    assert 3 == len(lines), run.stdout
     assert lines[0].startswith("would change")
     assert str(creds) in lines[0]
-    assert "lines 1-2 differ" in lines[0]
+    assert lines[0].endswith("  lines 1-2 differ")
     assert lines[1].startswith("would not change")
     assert str(other) in lines[1]
-    assert_no_canary(run.stdout, run.stderr)
+    assert lines[2].endswith(f"{one}  (one.j2)  line 2 differs")
 
 
 def test_template_option_selects(ws: Workspace) -> None:
@@ -133,9 +147,13 @@ def test_template_option_selects(ws: Workspace) -> None:
     assert 0 == ws.run("render", "--once", "--template", "other.j2").returncode
     assert other.exists()
     assert not creds.exists()
-    run = ws.run("render", "--once", "--template", "nope")
+    run = ws.run("render", "--once", "--template", "nope", "--template", "creds.j2")
     assert 2 == run.returncode
-    assert "no template named 'nope'" in run.stderr
+    assert (
+        f"error: --template 'nope': no template of {ws.config_path} has that name, source or "
+        "destination (templates: creds.j2, other.j2)\n"
+    ) == run.stderr
+    assert not creds.exists()
 
 
 def test_get_masks_unless_reveal(ws: Workspace) -> None:
@@ -157,7 +175,10 @@ def test_get_errors(ws: Workspace) -> None:
     ws.template("creds.j2", CREDS)
     missing = ws.run("get", "db/pasword")
     assert 1 == missing.returncode
-    assert "'pasword' not in secret prod/db" in missing.stderr
+    assert (
+        "error: local:prod/db key pasword: key 'pasword' not in secret prod/db "
+        "(keys: host, nested, password, port, username)\n"
+    ) == missing.stderr
     unknown = ws.run("get", "nope/x")
     assert 2 == unknown.returncode
     assert "unknown namespace 'nope'" in unknown.stderr
@@ -175,14 +196,22 @@ def test_check_lists_references_offline(ws: Workspace) -> None:
 
 
 def test_check_connect_resolves(ws: Workspace) -> None:
-    """check --connect resolves every reference and marks each ok, without values."""
+    """check --connect walks each key path: a key missing from its secret fails, naming the keys."""
     ws.template("creds.j2", CREDS)
-    ws.template("bad.j2", "{{ secrets.db.nope }}")
+    ws.template("bad.j2", "{{ secrets.store.nonexistent }}{{ secrets.db.nope }}")
     run = ws.run("check", "--connect")
     assert 1 == run.returncode
-    assert "local:prod/db key password  ok" in run.stdout
-    assert "'nope' not in secret prod/db" in run.stdout
-    assert_no_canary(run.stdout, run.stderr)
+    keys = "(keys: host, nested, password, port, username)"
+    assert [
+        f"creds.j2 -> {ws.out / 'creds'}",
+        "    local:prod/db key password  ok",
+        "    local:prod/db key username  ok",
+        f"bad.j2 -> {ws.out / 'bad'}",
+        "    local:nonexistent  failed: not found",
+        f"    local:prod/db key nope  failed: key 'nope' not in secret prod/db {keys}",
+        f"    error: {ws.root / 'templates/bad.j2'}: local:nonexistent: not found: "
+        f"no secret named 'nonexistent' in {ws.root / 'secrets.yaml'}",
+    ] == run.stdout.splitlines()[1:]
 
 
 def test_check_reports_template_syntax_errors(ws: Workspace) -> None:
@@ -198,11 +227,28 @@ def test_test_connection(ws: Workspace) -> None:
     ws.providers["environment"] = {"type": "env"}
     run = ws.run("test-connection")
     assert (0, "local (file): ok\nenvironment (env): ok\n") == (run.returncode, run.stdout)
-    assert 2 == ws.run("test-connection", "nope").returncode
+    unknown = ws.run("test-connection", "nope", "local", "nope")
+    assert 2 == unknown.returncode
+    assert (
+        f"error: {ws.config_path}: no provider named 'nope' (providers: local, environment)\n"
+    ) == unknown.stderr
+    twice = ws.run("test-connection", "local", "local")
+    assert (0, "local (file): ok\n") == (twice.returncode, twice.stdout)
     ws.providers["local"]["path"] = "missing.yaml"
     failed = ws.run("test-connection", "local")
     assert 1 == failed.returncode
     assert "local (file): failed: unavailable: cannot read" in failed.stdout
+
+
+def test_test_connection_without_providers_says_so(ws: Workspace) -> None:
+    """test-connection with no provider configured says there is nothing to test, exit 0."""
+    ws.providers = {}
+    ws.namespaces = {}
+    run = ws.run("test-connection")
+    assert (0, f"no providers in {ws.config_path}: nothing to test\n") == (
+        run.returncode,
+        run.stdout,
+    )
 
 
 @pytest.mark.parametrize(
@@ -285,9 +331,12 @@ def test_computed_secret_name_is_masked_everywhere(ws: Workspace) -> None:
 def test_json_logs_are_one_object_per_line(ws: Workspace) -> None:
     """Every stderr line of a JSON-format run is a JSON object with event and level."""
     ws.template("creds.j2", CREDS)
-    run = ws.run("--log-format", "json", "render", "--once")
-    for line in run.stderr.splitlines():
-        event = json.loads(line)
+    run = ws.run("--log-format", "json", "--log-level", "debug", "render", "--once")
+    events = [json.loads(line) for line in run.stderr.splitlines()]
+    assert ["provider.fetched", "template.rendered", "pass.finished"] == [
+        e["event"] for e in events
+    ]
+    for event in events:
         assert {"event", "level", "timestamp"} <= event.keys()
 
 
@@ -297,3 +346,54 @@ def test_pass_finished_counts_outcomes(ws: Workspace) -> None:
     ws.template("bad.j2", "{{ secrets.store.nonexistent }}\n")
     (finished,) = [e for e in ws.run("render", "--once").logs() if e["event"] == "pass.finished"]
     assert (1, 1, 2) == (finished["written"], finished["failed"], finished["secrets_fetched"])
+
+
+def test_failing_action_output_is_scrubbed_end_to_end(ws: Workspace) -> None:
+    """An on_change command printing the secret and failing: its debug output shows <redacted>."""
+    # the shown tail (OUTPUT_SHOWN characters of the raw output) starts inside the first copy
+    padding = OUTPUT_SHOWN - (len(CANARY) - len(CANARY) // 2) - len("login as ") - len(CANARY)
+    code = (
+        "import sys\n"
+        "secret = open(sys.argv[1]).read().split('password=')[1].strip()\n"
+        "sys.stderr.write(secret + '.' * int(sys.argv[2]) + 'login as ' + secret)\n"
+        "sys.exit(3)\n"
+    )
+    creds = ws.out / "creds"
+    command = [sys.executable, "-c", code, str(creds), str(padding)]
+    ws.template("creds.j2", CREDS, on_change=[{"command": command}])
+    run = ws.run("--log-level", "debug", "render", "--once")
+    assert 1 == run.returncode
+    (failed,) = [e for e in run.logs() if e["event"] == "action.failed"]
+    (output,) = [e for e in run.logs() if e["event"] == "action.output"]
+    assert ("error", "exited with status 3") == (failed["level"], failed["error"])
+    assert f"<redacted>{'.' * padding}login as <redacted>" == output["output"]
+
+
+def test_cli_error_and_output_lines_are_scrubbed(ws: Workspace) -> None:
+    """A fetched value that reaches a CLI error or output line (typed as a key) is <redacted>."""
+    ws.template("creds.j2", CREDS)
+    got = ws.run("get", f"db/{CANARY_USER}")
+    assert (1, "") == (got.returncode, got.stdout)
+    assert got.stderr.startswith("error: local:prod/db key <redacted>: key '<redacted>' not in")
+    ws.template("literal.j2", f"{{{{ secrets.db['{CANARY}'] }}}}")
+    allow_secrets_in(ws.root / "templates/literal.j2")  # holds it on purpose
+    checked = ws.run("check", "--connect")
+    assert 1 == checked.returncode
+    assert "    local:prod/db key <redacted>  failed: key '<redacted>' not in" in checked.stdout
+    dry = ws.run("render", "--dry-run")
+    assert 1 == dry.returncode
+    assert "key '<redacted>' not in secret prod/db" in dry.stdout
+
+
+def test_systemd_unit_action_runs_systemctl_kill(ws: Workspace) -> None:
+    """render --once signals a changed file's unit through `systemctl kill` (a fake on PATH)."""
+    bin_dir, record = fake_systemctl(ws.root)
+    ws.template("creds.j2", CREDS, on_change=[{"signal": "HUP", "systemd_unit": "pgbouncer"}])
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    run = ws.run("render", "--once", env={"PATH": path})
+    assert 0 == run.returncode, run.stderr
+    assert ["kill", "--kill-whom=main", "--signal=SIGHUP", "--", "pgbouncer"] == (
+        record.read_text().splitlines()
+    )
+    (ran,) = [e for e in run.logs() if e["event"] == "action.ran"]
+    assert "sent SIGHUP to pgbouncer" == ran["detail"]

@@ -54,7 +54,9 @@ def test_demo_renders_every_example(demo: Path) -> None:
         "--config", config, "render", "--dry-run", env={"SMAGENT_DEMO_API_TOKEN": TOKEN}
     )
     assert 0 == again.returncode
-    assert all(line.startswith("would not change") for line in again.stdout.splitlines())
+    lines = again.stdout.splitlines()
+    assert 6 == len(lines), again.stdout
+    assert all(line.startswith("would not change") for line in lines)
 
 
 def test_examples_parse_back(demo: Path) -> None:

@@ -30,6 +30,7 @@ from smagent.providers.base import (
 from smagent.providers.env import EnvProvider
 from smagent.references import SecretRef
 from tests.conftest import CANARY, CANARY_TOKEN, CANARY_USER, special_file
+from tests.leaks import allow_secrets_in
 
 STORE = "store"
 PLAIN = "SMAGENT_T_PLAIN"
@@ -60,6 +61,7 @@ def provider_config(folder: Path, raw: dict[str, Any]) -> ProviderConfig:
 def file_store(folder: Path, text: str | bytes) -> Provider:
     """A `file` provider over secrets.yaml holding exactly `text`."""
     secrets = folder / "secrets.yaml"
+    allow_secrets_in(secrets)
     if isinstance(text, bytes):
         secrets.write_bytes(text)
     else:

@@ -31,6 +31,7 @@ from smagent.writer import (
     write_file,
     write_file_async,
 )
+from tests.conftest import finishes_within, special_file
 
 CANARY = b"CANARY-s3cr3t-7f1d"
 UNKNOWN_NAME = "smagent-no-such-account"
@@ -174,10 +175,9 @@ def test_directory_at_destination_is_an_error(tmp_path: Path) -> None:
 def test_fifo_at_destination_is_an_error_without_blocking(tmp_path: Path) -> None:
     """A FIFO at the destination raises WriteError instead of hanging on open."""
     dest = tmp_path / "app.conf"
-    os.mkfifo(dest)
 
-    with pytest.raises(WriteError, match="not a regular file"):
-        write_file(FileSpec(dest), b"x")
+    with special_file(dest, "fifo"), pytest.raises(WriteError, match="not a regular file"):
+        finishes_within(2.0, lambda: write_file(FileSpec(dest), b"x"))
 
 
 # -- mode ----------------------------------------------------------------------
