@@ -187,7 +187,7 @@ async def test_deadline_holds_while_the_file_is_parsed_and_the_loop_runs(tmp_pat
     assert "no answer within 0.1s (fetch_timeout)" in str(first[SecretRef("local", "pw")])
     assert 1.0 > elapsed
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert 0.25 > max(gaps), "the event loop stalled while the file was parsed"
+    assert 0.5 > max(gaps), "the event loop stalled while the file was parsed"
 
     second = await Resolver({"local": provider}, 60.0, Redactor()).resolve(
         [SecretRef("local", "pw")]

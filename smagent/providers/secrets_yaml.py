@@ -6,7 +6,9 @@ control that must be read within a pass's deadline:
 - its C composer recurses once per level of nesting: 100,000 levels
   overflow the C stack and kill the process. Our composer (PyYAML's, in
   Python, on the C parser's events) stops descending at `MAX_DEPTH`; a deeper
-  collection is skipped without recursion and marked `Invalid`.
+  collection is skipped without recursion and marked `Invalid`. Past
+  `MAX_PARSE_DEPTH` the whole file is refused: libyaml's scanner slows with
+  the square of `[`/`{` nesting.
 - aliases share one object, so loading a "billion laughs" document is cheap,
   but turning it into JSON would expand it to gigabytes. `secret_text` counts
   what it writes after expansion (`MAX_VALUES`, `MAX_TEXT`) and refuses a
