@@ -8,18 +8,33 @@ that does not answer in time yields `Unavailable` for its references, so
 `render --once` never hangs. The deadline is for the whole pass, however many
 rounds of references it takes, not per request.
 
-Each fetched value is registered with the redactor before anyone can log it.
+Each fetched value is registered with the redactor before anyone can log it,
+then checked (`values.value_problem`): a value no template could use (text
+that is not valid Unicode, JSON nested past the limit) becomes a `BadValue`
+for that one secret. Whatever a provider does, its damage stays inside its
+own batch: an exception, a missing answer or an answer of the wrong type
+fails only the references it was asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import Iterable, Mapping
 
 from smagent.logging import REDACTOR, Redactor, get_logger
-from smagent.providers.base import FetchResult, NotFound, Provider, SecretValue, Unavailable
+from smagent.providers.base import (
+    BadValue,
+    FetchResult,
+    NotFound,
+    Provider,
+    ProviderError,
+    SecretValue,
+    Unavailable,
+)
 from smagent.references import SecretRef
+from smagent.values import value_problem
 
 log = get_logger()
 
@@ -69,22 +84,31 @@ class Resolver:
             )
             return {ref: Unavailable(ref, detail) for ref in refs}
         except Exception as exc:  # a provider bug must fail its refs, not the pass
-            # the traceback may hold values of this very batch, which the redactor has
-            # not seen yet: the error level gets the type only
+            # the exception's text may hold values of this very batch, which the redactor
+            # has not seen yet: the type and where it was raised, never the message
             log.error("provider.crashed", provider=name, error_type=type(exc).__name__)
-            log.debug("provider.crashed.traceback", provider=name, exc_info=True)
+            where = "".join(traceback.format_tb(exc.__traceback__))
+            log.debug("provider.crashed.traceback", provider=name, traceback=where)
             detail = f"internal error in provider ({type(exc).__name__})"
             return {ref: Unavailable(ref, detail) for ref in refs}
-        for ref in refs:
-            result = found.get(ref)
-            if result is None:
-                found[ref] = Unavailable(ref, "the provider gave no answer for this secret")
-            elif isinstance(result, SecretValue):
-                self.redactor.add(result.reveal())
+        answers: dict[SecretRef, FetchResult] = {}
+        for ref in refs:  # only what was asked: a stray answer must not fill another's ref
+            answers[ref] = self._accept(ref, found.get(ref))
         log.debug(
             "provider.fetched",
             provider=name,
             references=len(refs),
             ms=round((time.monotonic() - started) * 1000, 1),
         )
-        return found
+        return answers
+
+    def _accept(self, ref: SecretRef, result: object) -> FetchResult:
+        if isinstance(result, ProviderError):
+            return result
+        if not isinstance(result, SecretValue):
+            kind = "no answer" if result is None else "an answer of the wrong type"
+            return Unavailable(ref, f"the provider gave {kind} for this secret")
+        value = result.reveal()
+        self.redactor.add(value)
+        problem = value_problem(value)
+        return result if problem is None else BadValue(ref, problem)

@@ -9,6 +9,12 @@ A binary secret (AWS SecretBinary) is a `Binary`: its bytes are reachable only
 by the filters that accept bytes (`b64encode`), and using it as text raises
 `BinaryAsTextError` naming the reference, so a template can never write
 `b'...'` or mojibake into a config file.
+
+JSON from a secret may nest at most `MAX_DEPTH` levels. Real secrets nest a
+few; the limit keeps every later walk of secret data (the redactor, the
+filters, the YAML writer) far from Python's recursion limit, and a value
+deeper than that is refused (`TooDeep`) instead of crashing a pass with
+RecursionError. `value_problem` is the check every fetched value passes.
 """
 
 from __future__ import annotations
@@ -77,25 +83,82 @@ class JsonArray(list[Any]):
         return "JsonArray(<redacted>)"
 
 
+MAX_DEPTH = 100
+"""Levels of nesting allowed in JSON (or YAML) secret data: `{"a": 1}` is one level."""
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than MAX_DEPTH."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested more than {MAX_DEPTH} levels deep (the limit)")
+
+
 def from_json(data: Any) -> Any:
-    """Wrap parsed JSON so containers render as JSON (see module docstring)."""
-    if isinstance(data, dict):
-        return JsonObject({str(k): from_json(v) for k, v in data.items()})
-    if isinstance(data, list):
-        return JsonArray(from_json(v) for v in data)
-    return data
+    """Wrap parsed JSON so containers render as JSON (see module docstring).
+
+    Iterative, so depth costs no stack; raises TooDeep past MAX_DEPTH levels.
+    """
+    if not isinstance(data, dict | list):
+        return data
+    root = _empty_like(data)
+    stack: list[tuple[Any, Any, int]] = [(data, root, 1)]
+    while stack:
+        source, target, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise TooDeep
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, child in items:
+            if isinstance(child, dict | list):
+                copy = _empty_like(child)
+                stack.append((child, copy, depth + 1))
+                child = copy
+            if isinstance(target, dict):
+                target[str(key)] = child
+            else:
+                target.append(child)
+    return root
+
+
+def _empty_like(data: dict[Any, Any] | list[Any]) -> JsonObject | JsonArray:
+    return JsonObject() if isinstance(data, dict) else JsonArray()
 
 
 def parse_json_text(text: str) -> Any | None:
     """The JSON container in `text`, or None when it is not a JSON object/array.
 
     Only objects and arrays count: a secret whose whole text is `"123"` or
-    `true` is a plain string, not a JSON document with fields.
+    `true` is a plain string, not a JSON document with fields. A container
+    nested deeper than MAX_DEPTH raises TooDeep (so does text opening with
+    about a thousand brackets: json gives up before it knows whether it is JSON).
     """
     stripped = text.lstrip()
     if not stripped or stripped[0] not in "{[":
         return None
     try:
-        return from_json(json.loads(text))
+        data = json.loads(text)
+    except RecursionError:  # the C parser counts its depth against the recursion limit
+        raise TooDeep from None
     except ValueError:
         return None
+    return from_json(data)
+
+
+def value_problem(value: str | bytes) -> str | None:
+    """Why a fetched value cannot be used, in words that hold no part of it; None if it can.
+
+    Every provider's values pass through this (in the resolver), so a store
+    that hands back broken text fails the references to that one secret with a
+    clear `bad value`, never the pass.
+    """
+    if isinstance(value, bytes):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the value is not valid Unicode text (bytes that are not UTF-8?)"
+    try:
+        parse_json_text(value)
+    except TooDeep as exc:
+        return f"the value is JSON {exc}"
+    return None

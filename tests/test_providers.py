@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from smagent.config import EnvProvider as EnvProviderConfig
 from smagent.config import ProviderConfig, load_config
 from smagent.providers import ProviderSetupError, create_provider
 from smagent.providers.base import (
+    BadValue,
     NotFound,
     Provider,
     ProviderError,
@@ -28,6 +30,7 @@ from smagent.providers.base import (
     Unavailable,
 )
 from smagent.providers.env import EnvProvider
+from smagent.providers.file import MAX_FILE_BYTES
 from smagent.references import SecretRef
 from tests.conftest import CANARY, CANARY_TOKEN, CANARY_USER, special_file
 from tests.leaks import allow_secrets_in
@@ -269,39 +272,131 @@ async def test_file_that_is_not_a_regular_file_is_unavailable_at_once(
     assert f"{secrets} is not a regular file" == error.detail
 
 
-@pytest.mark.parametrize(
-    ("text", "problem"),
-    [
-        (
-            f"user: ok\ndb: {{password: {CANARY}, when: 2001-02-30}}\n",
-            "holds a value YAML cannot read (such as an invalid date)",
-        ),
-        (f"user: ok\ndeep: {'[' * 5000}{CANARY}{']' * 5000}\n", "is nested too deeply to read"),
-    ],
-    ids=["invalid-date", "deep-nesting"],
-)
-async def test_value_yaml_cannot_build_is_unavailable_without_content(
-    tmp_path: Path, text: str, problem: str
-) -> None:
-    """An invalid date or too-deep nesting is Unavailable naming the file, never the content."""
-    provider = file_store(tmp_path, text)
+async def test_one_bad_secret_fails_only_its_references(tmp_path: Path) -> None:
+    """A secret YAML cannot build is a BadValue naming the key path and line; the rest is served."""
+    provider = file_store(
+        tmp_path,
+        f"user: ok\ndb: {{password: {CANARY}, when: 2001-02-30}}\nloop: &l [*l]\n"
+        f"dates: {{2001-01-01: {CANARY}}}\n",
+    )
+
+    await provider.test_connection()
+    results = await provider.fetch([ref("user"), ref("db"), ref("loop"), ref("dates")])
+
+    assert "ok" == results[ref("user")].reveal()  # type: ignore[union-attr]
+    assert {"2001-01-01": CANARY} == json.loads(results[ref("dates")].reveal())  # type: ignore[union-attr,arg-type]
+    db, loop = results[ref("db")], results[ref("loop")]
+    assert isinstance(db, BadValue)
+    assert isinstance(loop, BadValue)
+    secrets = tmp_path / "secrets.yaml"
+    assert (
+        f"in {secrets}: at when: a value YAML cannot read (such as an invalid date) (line 2)"
+        == db.detail
+    )
+    assert f"in {secrets}: at [0]: a value that contains itself (a recursive YAML alias)" == (
+        loop.detail
+    )
+    for message in (str(db), repr(db), str(loop)):
+        assert CANARY not in message
+
+
+async def test_alias_bomb_fails_its_secret_fast(tmp_path: Path) -> None:
+    """A billion-laughs secret is a BadValue within a second or so; its neighbours are served."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    provider = file_store(tmp_path, "\n".join(lines) + f"\npw: {CANARY}\n")
+
+    async with asyncio.timeout(HANG_LIMIT):
+        results = await provider.fetch([ref("a9"), ref("pw")])
+
+    assert isinstance(results[ref("a9")], BadValue)
+    assert "more than 100,000 values once YAML aliases are expanded" in str(results[ref("a9")])
+    assert CANARY == results[ref("pw")].reveal()  # type: ignore[union-attr]
+
+
+async def test_nesting_past_the_parse_limit_refuses_the_file(tmp_path: Path) -> None:
+    """100,000 levels of nesting: the file is Unavailable at once, naming position and limit."""
+    provider = file_store(tmp_path, f"user: ok\ndeep: {'[' * 100_000}{CANARY}{']' * 100_000}\n")
+
+    async with asyncio.timeout(HANG_LIMIT):
+        with pytest.raises(Unavailable) as info:
+            await provider.test_connection()
+
+    assert (
+        f"{tmp_path / 'secrets.yaml'} is nested more than 1,000 levels deep at line 2, "
+        "column 1006 (the limit)"
+    ) == str(info.value)
+    assert CANARY not in str(info.value)
+
+
+async def test_top_mapping_that_cannot_be_built_is_unavailable(tmp_path: Path) -> None:
+    """A top-level merge key that cannot be applied fails the file, saying so (not "no secret")."""
+    provider = file_store(tmp_path, f"base: &b {{x: {CANARY}}}\n<<: 5\na: 1\n")
 
     with pytest.raises(Unavailable) as info:
         await provider.test_connection()
-    error = await fetch_one(provider, ref("user"))
 
-    assert f"{tmp_path / 'secrets.yaml'} {problem}" == str(info.value)
+    assert (
+        f"{tmp_path / 'secrets.yaml'} holds a merge key (<<) whose value is not a mapping (line 1)"
+    ) == str(info.value)
+
+
+async def test_file_larger_than_the_cap_is_refused_unread(tmp_path: Path) -> None:
+    """A secrets file over MAX_FILE_BYTES is Unavailable at once, naming the limit."""
+    provider = file_store(tmp_path, "a: " + "x" * MAX_FILE_BYTES + "\n")
+
+    async with asyncio.timeout(HANG_LIMIT):
+        results = await provider.fetch([ref("a")])
+
+    error = results[ref("a")]
     assert isinstance(error, Unavailable)
-    for message in (str(info.value), repr(info.value), str(error)):
-        assert CANARY not in message
-        assert CANARY[:12] not in message
+    assert (
+        f"{tmp_path / 'secrets.yaml'} is larger than 4 MiB (the limit for a secrets file); "
+        "split it into several file providers"
+    ) == error.detail
+
+
+async def test_file_at_the_cap_is_read(tmp_path: Path) -> None:
+    """A secrets file of exactly MAX_FILE_BYTES is read."""
+    text = "a: b\n"
+    provider = file_store(tmp_path, text + "#" * (MAX_FILE_BYTES - len(text) - 1) + "\n")
+
+    assert "b" == await reveal(provider, "a")
+
+
+async def test_file_with_nul_is_unavailable_naming_the_line(tmp_path: Path) -> None:
+    """A NUL character is refused with its line number, not PyYAML's quote of the line."""
+    provider = file_store(tmp_path, f"a: ok\nb: {CANARY}\x00\n")
+
+    with pytest.raises(Unavailable) as info:
+        await provider.test_connection()
+
+    assert f"{tmp_path / 'secrets.yaml'} holds a NUL character (line 2)" == str(info.value)
+
+
+async def test_fetch_runs_in_one_daemon_thread_that_ends_at_close(tmp_path: Path) -> None:
+    """Reads run in the provider's own daemon thread (nothing joins it at exit); aclose ends it."""
+    provider = file_store(tmp_path, "a: b\n")
+    before = set(threading.enumerate())
+
+    for _ in range(3):
+        assert "b" == await reveal(provider, "a")
+    workers = list(set(threading.enumerate()) - before)
+    await provider.aclose()
+
+    assert 1 == len(workers)
+    assert f"smagent-{STORE}" == workers[0].name
+    assert True is workers[0].daemon
+    workers[0].join(HANG_LIMIT)
+    assert False is workers[0].is_alive()
 
 
 async def test_file_not_utf8_is_unavailable(tmp_path: Path) -> None:
-    """A secrets file that is not UTF-8 is Unavailable."""
-    provider = file_store(tmp_path, b"password: \xff\xfe\n")
+    """A secrets file that is not UTF-8 is Unavailable, naming the line."""
+    provider = file_store(tmp_path, b"user: ok\npassword: \xff\xfe\n")
 
-    with pytest.raises(Unavailable, match="is not UTF-8 text"):
+    with pytest.raises(Unavailable, match=r"is not UTF-8 text \(line 2\)$"):
         await provider.test_connection()
 
 
