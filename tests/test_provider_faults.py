@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from tests.conftest import CANARIES, CANARY, CANARY_TOKEN, Run, special_file
+from tests.leaks import allow_secrets_in, assert_no_leak
 
 TIME_LIMIT = 4.0
 """Seconds a faulty `render --once` may take in all: fetch_timeout (1 s) plus start-up and exit
@@ -336,6 +337,7 @@ def build(scene: Scene, harness: Harness) -> None:
     (root / "smagent.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "out").mkdir()
     (root / "out" / "a").write_text(LAST_GOOD)
+    allow_secrets_in(root / "out" / "a", root / "out" / "b", root / "other.yaml", scene.secrets)
 
 
 def render_once(scene: Scene) -> tuple[Run, float]:
@@ -354,6 +356,8 @@ def render_once(scene: Scene) -> tuple[Run, float]:
     elapsed = time.monotonic() - started
     out = proc.stdout.decode("utf-8", "replace")
     err = proc.stderr.decode("utf-8", "replace")
+    assert_no_leak(out, "smagent's stdout")
+    assert_no_leak(err, "smagent's stderr")
     return Run(proc.returncode, out, err), elapsed
 
 

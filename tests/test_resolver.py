@@ -32,10 +32,12 @@ from smagent.references import SecretRef
 from smagent.resolver import Resolver
 from smagent.values import MAX_DEPTH
 from tests.conftest import CANARY, CANARY_TOKEN, CANARY_USER, Workspace, assert_no_canary
+from tests.leaks import allow_secrets_in
 
 
 def file_provider(folder: Path, secrets: str, name: str = "local") -> Provider:
     (folder / "secrets.yaml").write_text(secrets)
+    allow_secrets_in(folder / "secrets.yaml")
     config = folder / "smagent.yaml"
     config.write_text(
         yaml.safe_dump({"providers": {name: {"type": "file", "path": "secrets.yaml"}}})
@@ -82,7 +84,7 @@ def test_values_reach_no_log_line_through_the_real_pipeline(ws: Workspace) -> No
     assert CANARY + "\n" == dest.read_text()
     events = {line["event"]: line for line in result.logs()}
     assert "exited with status 3" == events["action.failed"]["error"]
-    assert REDACTED == events["action.stderr"]["stderr"]
+    assert REDACTED == events["action.output"]["output"]
     assert_no_canary(result.stdout, result.stderr)
 
 
