@@ -460,7 +460,6 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "yaml_scalar": filters.yaml_scalar,
     "yaml_double_quoted_body": filters.yaml_double_quoted_body,
     "yaml_single_quoted_body": filters.yaml_single_quoted_body,
-    "yaml_plain_fragment": arcion.yaml_plain_fragment,
     "shell_quote": filters.shell_quote,
     "env_quote": filters.env_quote,
     "urlencode": filters.urlencode,
@@ -491,6 +490,7 @@ class Renderer:
             auto_reload=True,
         )
         self.env.filters.update({name: _waits_for_pending(fn) for name, fn in FILTERS.items()})
+        self.arcion: arcion.ArcionTokens = self.env.extensions[arcion.ArcionTokens.identifier]  # type: ignore[assignment]
         self.namespaces = config.namespaces
         self.providers = frozenset(config.providers)
         self._config_known = frozenset(_config_words(config))
@@ -527,6 +527,10 @@ class Renderer:
             compiled = self.env.get_template(name)
             ctx.known = self._known_text(name, compiled)
             text = compiled.render(secrets=SecretsRoot(ctx), secret=self._secret_function(ctx))
+            ready = not (ctx.failed or ctx.missing)
+            filled = self.arcion.fill(text, name, self._token_value(ctx), ready=ready)
+        except arcion.Refused as exc:
+            return self._outcome(ctx, problems=self._refused(exc, label))
         except jinja2.TemplateSyntaxError as exc:
             inline = not exc.filename or exc.filename.startswith("<inline")
             problem = Problem(
@@ -542,10 +546,10 @@ class Renderer:
             return self._unfinished(ctx, label, exc)
         finally:
             _CURRENT.reset(token)
-        if ctx.failed or ctx.missing:
+        if filled is None or ctx.failed or ctx.missing:
             return self._unfinished(ctx, label, None)
         try:
-            output = text.encode("utf-8")
+            output = filled.encode("utf-8")
         except UnicodeEncodeError:
             message = "the output holds text that is not valid Unicode (a lone surrogate)"
             return self._outcome(ctx, problems=(Problem(message, label),))
@@ -578,6 +582,33 @@ class Renderer:
         shown = ctx.label(culprit) if culprit is not None else None
         problem = Problem(_describe_exception(exc), file or label, line, shown)
         return self._outcome(ctx, problems=(problem,))
+
+    def _token_value(self, ctx: _Context) -> Callable[[str], Any]:
+        """The value of an `arcion-sm://NS/KEY` token, for `ArcionTokens.fill`."""
+
+        def value(reference: str) -> Any:
+            try:
+                lookup = parse_secret_call(reference, ctx.namespaces, ctx.providers)
+            except ReferenceSyntaxError as exc:
+                raise arcion.TokenError(str(exc)) from None
+            ctx.known = ctx.known | {reference, *reference.split("/", 1), *lookup.key}
+            try:
+                return ctx.value(lookup)
+            except ReferenceProblem as exc:
+                raise arcion.TokenError(str(exc)) from None
+
+        return value
+
+    def _refused(self, exc: arcion.Refused, label: str) -> tuple[Problem, ...]:
+        problems = []
+        for refusal in exc.refusals:
+            site = refusal.site
+            if site is None:
+                problems.append(Problem(refusal.message, label, refusal.line))
+                continue
+            file = label if site.file in self.loader.inline else site.file
+            problems.append(Problem(refusal.message, file, site.line, site.token))
+        return tuple(problems)
 
     def _secret_function(self, ctx: _Context) -> Callable[..., Any]:
         def secret(
