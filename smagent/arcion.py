@@ -116,7 +116,7 @@ class ArcionTokens(Extension):
         super().__init__(environment)
         self._nonce = secrets.token_hex(8)
         self._prefix = f"arcionsm{self._nonce}n"
-        self._placeholder = re.compile(re.escape(self._prefix) + r"([0-9]+)z")
+        self.placeholder = re.compile(re.escape(self._prefix) + r"([0-9]+)z")
         self._sites: list[Site] = []
         self._index: dict[tuple[str, int, int, str], int] = {}
         self._pure: dict[str, bool] = {}
@@ -165,7 +165,7 @@ class ArcionTokens(Extension):
         folded = text.lower()
         if self._nonce not in folded:
             return text
-        found = list(self._placeholder.finditer(text))
+        found = list(self.placeholder.finditer(text))
         if len(found) != folded.count(self._nonce):
             raise Refused(
                 [
@@ -185,7 +185,7 @@ class ArcionTokens(Extension):
         scalars, comments = self._locate(text, parsed, found, refusals)
         values: dict[str, object] = {}
         for scalar in scalars:
-            for _, _, site in scalar.sites:
+            for site in scalar.sites:
                 if site.reference in values:
                     continue
                 try:
@@ -221,7 +221,7 @@ class ArcionTokens(Extension):
         self, text: str, parsed: _Parse, found: list[re.Match[str]], refusals: list[Refusal]
     ) -> tuple[list[_Scalar], list[tuple[int, int, str]]]:
         """Each placeholder's place: a scalar, a comment, or somewhere tokens cannot be."""
-        parsed.find_placeholders(self._placeholder)
+        parsed.find_placeholders(self.placeholder)
         scalars: dict[int, _Scalar] = {}
         comments: list[tuple[int, int, str]] = []
         for match in found:
@@ -240,7 +240,7 @@ class ArcionTokens(Extension):
                     scalar = scalars[id(node)] = _Scalar(
                         node, start, end, node in parsed.keys, node in parsed.implicit
                     )
-                scalar.sites.append((match.start(), match.end(), site))
+                scalar.sites.append(site)
             elif parsed.in_other_token(match.start()):
                 refusals.append(
                     Refusal(
@@ -252,8 +252,8 @@ class ArcionTokens(Extension):
             else:
                 comments.append((match.start(), match.end(), site.token))
         for scalar in scalars.values():
-            if len(scalar.sites) != len(self._placeholder.findall(scalar.node.value)):
-                site = scalar.sites[0][2]
+            if len(scalar.sites) != len(self.placeholder.findall(scalar.node.value)):
+                site = scalar.sites[0]
                 refusals.append(Refusal(f"{site.token}: could not be located in the YAML", site))
         return list(scalars.values()), comments
 
@@ -508,7 +508,7 @@ class _Scalar:
     end: int
     key: bool
     implicit: bool
-    sites: list[tuple[int, int, Site]] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
     typed: bool = False
     intended: object = None
     text: str | None = None
@@ -516,7 +516,7 @@ class _Scalar:
     candidates: list[str] = field(default_factory=list)
 
     def tokens(self) -> str:
-        return ", ".join(dict.fromkeys(site.token for _, _, site in self.sites))
+        return ", ".join(dict.fromkeys(site.token for site in self.sites))
 
     def where(self, source: str) -> str:
         kind = _STYLES.get(self.node.style, "a value")
@@ -547,7 +547,7 @@ class _Writer:
         self.comments = comments
         self.values = values
         self.tokens = tokens
-        self.pattern = tokens._placeholder
+        self.pattern = tokens.placeholder
 
     def write(self) -> str:
         refusals: list[Refusal] = []
@@ -583,7 +583,7 @@ class _Writer:
     def _prepare(self, scalar: _Scalar) -> Refusal | None:
         """The scalar's intended value and the forms it may be written in, best first."""
         node = scalar.node
-        first = scalar.sites[0][2]
+        first = scalar.sites[0]
         scalar.typed = (
             scalar.implicit and len(scalar.sites) == 1 and bool(self.pattern.fullmatch(node.value))
         )
@@ -603,7 +603,7 @@ class _Writer:
                 return None
             texts = {
                 site.reference: filters.as_text(self.values[site.reference], "arcion-sm")
-                for _, _, site in scalar.sites
+                for site in scalar.sites
             }
         except BinaryAsTextError as exc:
             return Refusal(str(exc), first)
@@ -679,7 +679,7 @@ class _Writer:
         return "".join(parts)
 
     def _refusal(self, scalar: _Scalar) -> Refusal:
-        first = scalar.sites[0][2]
+        first = scalar.sites[0]
         where = scalar.where(self.text[scalar.start : scalar.end])
         tokens = scalar.tokens()
         if scalar.key:
