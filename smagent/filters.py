@@ -54,6 +54,7 @@ from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject
 
 __all__ = [
     "FilterError",
+    "as_text",
     "b64decode",
     "b64encode",
     "env_quote",
@@ -102,6 +103,14 @@ def _text(value: object, filter_name: str) -> str:
             value, ensure_ascii=False, separators=(",", ":"), default=_json_default(filter_name)
         )
     raise FilterError(f"{filter_name}: cannot write a value of type {type(value).__name__} as text")
+
+
+def as_text(value: object, consumer: str) -> str:
+    """The text form the text filters write (module docstring), for other writers of text.
+
+    Errors name `consumer` and the type, never the value.
+    """
+    return _text(value, consumer)
 
 
 def _json_default(filter_name: str) -> Callable[[object], object]:

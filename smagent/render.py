@@ -35,14 +35,12 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
-from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from smagent import filters
+from smagent import arcion, filters
 from smagent.config import Config, Template
 from smagent.providers.base import FetchResult, ProviderError
 from smagent.references import (
-    ARCION_SCHEME,
     Lookup,
     Namespace,
     ReferenceSyntaxError,
@@ -335,97 +333,6 @@ class _SecretEnvironment(ImmutableSandboxedEnvironment):
         return _plain_child(obj, argument)
 
 
-# --- Arcion tokens --------------------------------------------------------------------------------
-
-_ARCION_TOKEN = re.compile(
-    re.escape(ARCION_SCHEME)
-    + r"(?P<ns>[A-Za-z_][A-Za-z0-9_-]*)/(?P<key>[A-Za-z0-9_.-]*[A-Za-z0-9_-])"
-)
-_COMMENT_START = re.compile(r"(^|\s)#")
-
-
-class ArcionTokens(Extension):
-    """Turns bare `arcion-sm://NS/KEY` tokens into secret lookups before parsing.
-
-    The filter depends on where the token stands, so the file stays valid YAML
-    whatever the value holds: a whole YAML scalar gets `yaml_scalar` (plain
-    when it reads back the same, so `port: 3306` stays a number; quoted
-    otherwise); inside `"..."` or `'...'` it gets that style's escaping;
-    inside a longer plain value it is inserted as it is, and a value that
-    would break the line (spaces, line breaks) is an error. A token after a
-    `#` that starts a comment is left alone: Arcion samples keep old lines
-    commented out.
-    """
-
-    def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
-        if ARCION_SCHEME not in source:
-            return source
-        return _ARCION_TOKEN.sub(_arcion_expression, source)
-
-
-def _arcion_expression(match: re.Match[str]) -> str:
-    line_start = match.string.rfind("\n", 0, match.start()) + 1
-    line_end = match.string.find("\n", match.end())
-    before = match.string[line_start : match.start()]
-    after = match.string[match.end() : None if line_end < 0 else line_end]
-    quote = _open_quote(before)
-    if quote == '"':
-        flt = "yaml_double_quoted_body"
-    elif quote == "'":
-        flt = "yaml_single_quoted_body"
-    elif _COMMENT_START.search(before):
-        return match.group(0)
-    elif re.search(r"(^|[:\-\[{,])\s*$", before) and re.match(r"\s*($|#|,|\]|\})", after):
-        flt = "yaml_scalar"
-    else:
-        flt = "yaml_plain_fragment"
-    return f'{{{{ secret("{match["ns"]}/{match["key"]}") | {flt} }}}}'
-
-
-_SCALAR_START = re.compile(r"(^\s*|[:\-]\s+|[\[{,]\s*)$")
-
-
-def _open_quote(before: str) -> str | None:
-    """The quote a YAML line is inside at its end, if any.
-
-    A quote opens a scalar only where a scalar starts (line start, after `: `,
-    `- `, `[`, `{`, `,`), so the apostrophe of `it's` opens nothing; a `#`
-    after a space outside quotes starts a comment.
-    """
-    state: str | None = None
-    index = 0
-    while index < len(before):
-        char = before[index]
-        if state is None:
-            if char in "\"'" and _SCALAR_START.search(before[:index]):
-                state = char
-            elif char == "#" and (index == 0 or before[index - 1].isspace()):
-                return None
-        elif state == '"':
-            if char == "\\":
-                index += 1
-            elif char == '"':
-                state = None
-        elif char == "'":
-            if before[index + 1 : index + 2] == "'":
-                index += 1
-            else:
-                state = None
-        index += 1
-    return state
-
-
-def _yaml_plain_fragment(value: Any) -> str:
-    """An Arcion value inside a longer unquoted YAML value: only text that cannot break it."""
-    text = str(value)
-    if any(char.isspace() or not char.isprintable() for char in text):
-        raise ReferenceProblem(
-            "a value with spaces or line breaks cannot stand inside a longer unquoted YAML "
-            "value; put quotes around that value in the file"
-        )
-    return text
-
-
 # --- loading templates ----------------------------------------------------------------------------
 
 
@@ -553,7 +460,6 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "yaml_scalar": filters.yaml_scalar,
     "yaml_double_quoted_body": filters.yaml_double_quoted_body,
     "yaml_single_quoted_body": filters.yaml_single_quoted_body,
-    "yaml_plain_fragment": _yaml_plain_fragment,
     "shell_quote": filters.shell_quote,
     "env_quote": filters.env_quote,
     "urlencode": filters.urlencode,
@@ -580,10 +486,11 @@ class Renderer:
             autoescape=False,
             keep_trailing_newline=True,
             finalize=_config_text,
-            extensions=[ArcionTokens],
+            extensions=[arcion.ArcionTokens],
             auto_reload=True,
         )
         self.env.filters.update({name: _waits_for_pending(fn) for name, fn in FILTERS.items()})
+        self.arcion: arcion.ArcionTokens = self.env.extensions[arcion.ArcionTokens.identifier]  # type: ignore[assignment]
         self.namespaces = config.namespaces
         self.providers = frozenset(config.providers)
         self._config_known = frozenset(_config_words(config))
@@ -620,6 +527,10 @@ class Renderer:
             compiled = self.env.get_template(name)
             ctx.known = self._known_text(name, compiled)
             text = compiled.render(secrets=SecretsRoot(ctx), secret=self._secret_function(ctx))
+            ready = not (ctx.failed or ctx.missing)
+            filled = self.arcion.fill(text, name, self._token_value(ctx), ready=ready)
+        except arcion.Refused as exc:
+            return self._outcome(ctx, problems=self._refused(exc, label))
         except jinja2.TemplateSyntaxError as exc:
             inline = not exc.filename or exc.filename.startswith("<inline")
             problem = Problem(
@@ -635,10 +546,10 @@ class Renderer:
             return self._unfinished(ctx, label, exc)
         finally:
             _CURRENT.reset(token)
-        if ctx.failed or ctx.missing:
+        if filled is None or ctx.failed or ctx.missing:
             return self._unfinished(ctx, label, None)
         try:
-            output = text.encode("utf-8")
+            output = filled.encode("utf-8")
         except UnicodeEncodeError:
             message = "the output holds text that is not valid Unicode (a lone surrogate)"
             return self._outcome(ctx, problems=(Problem(message, label),))
@@ -671,6 +582,33 @@ class Renderer:
         shown = ctx.label(culprit) if culprit is not None else None
         problem = Problem(_describe_exception(exc), file or label, line, shown)
         return self._outcome(ctx, problems=(problem,))
+
+    def _token_value(self, ctx: _Context) -> Callable[[str], Any]:
+        """The value of an `arcion-sm://NS/KEY` token, for `ArcionTokens.fill`."""
+
+        def value(reference: str) -> Any:
+            try:
+                lookup = parse_secret_call(reference, ctx.namespaces, ctx.providers)
+            except ReferenceSyntaxError as exc:
+                raise arcion.TokenError(str(exc)) from None
+            ctx.known = ctx.known | {reference, *reference.split("/", 1), *lookup.key}
+            try:
+                return ctx.value(lookup)
+            except ReferenceProblem as exc:
+                raise arcion.TokenError(str(exc)) from None
+
+        return value
+
+    def _refused(self, exc: arcion.Refused, label: str) -> tuple[Problem, ...]:
+        problems = []
+        for refusal in exc.refusals:
+            site = refusal.site
+            if site is None:
+                problems.append(Problem(refusal.message, label, refusal.line))
+                continue
+            file = label if site.file in self.loader.inline else site.file
+            problems.append(Problem(refusal.message, file, site.line, site.token))
+        return tuple(problems)
 
     def _secret_function(self, ctx: _Context) -> Callable[..., Any]:
         def secret(

@@ -425,9 +425,8 @@ def test_arcion_token_in_comment_is_left_alone(tmp_path: Path) -> None:
     assert text.encode() == outcome.output
 
 
-def test_arcion_token_inside_plain_value_refuses_spaces(tmp_path: Path) -> None:
-    """A value with spaces cannot go inside a longer unquoted YAML value: a clear error."""
+def test_arcion_token_inside_plain_value_requotes_the_value(tmp_path: Path) -> None:
+    """A value with `: ` inside a longer unquoted YAML value: the whole value is double-quoted."""
     text = "url: jdbc:mysql://arcion-sm://m/host:3306/db\n"
     outcome = render_arcion(tmp_path, text, {"host": "a: b"})
-    assert outcome.output is None
-    assert "put quotes around that value" in str(outcome.problems[0])
+    assert b'url: "jdbc:mysql://a: b:3306/db"\n' == outcome.output
