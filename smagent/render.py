@@ -14,11 +14,17 @@ attribute: `secrets.db.items` is the key "items", not dict.items. This is
 done in `_SecretEnvironment.getattr`, which also keeps the sandbox's rules for
 every other object. Iterate a secret mapping with `| items` or `| dictsort`.
 
-No message built here contains a secret value. Messages name templates,
-lines, namespaces, secret ids and keys, and each of those is shown only when
-it is written literally in the template or the config (`_Context.show`): a
-key computed from another secret (`secrets.users[secrets.cfg.name]`) is shown
-as `<computed>`, since its text is secret-derived.
+No message built here contains a secret value, nor text derived from one.
+Messages name templates, lines, namespaces, secret ids and keys, and each of
+those is shown only when it is written literally in the template or the
+config (`_Context.show`): a key computed from another secret
+(`secrets.users[secrets.cfg.name]`) is shown as `<computed>`, since its text
+is secret-derived. Jinja's own messages go through the same rule
+(`_SafeMessages`, `_mask_quoted`), and Python's (which quote operands) are
+reduced to their type (`_describe_exception`).
+
+The sandbox and the limits of a render are in sandbox.py, the loading of
+template files (and what `{% include %}` may read) in loader.py.
 """
 
 from __future__ import annotations

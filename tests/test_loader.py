@@ -196,3 +196,30 @@ def test_unreadable_include_says_permission_denied(ws: Workspace) -> None:
     )
     assert 1 == proc.returncode, proc.stderr
     assert f"t.j2:2: template 'locked.j2': {locked}: permission denied" in proc.stdout
+
+
+def test_syntax_error_in_a_computed_include_hides_its_path(ws: Workspace) -> None:
+    """A syntax error in a file included by a computed name names neither the file nor its path."""
+    from smagent.providers.base import SecretValue
+    from smagent.references import SecretRef
+
+    (ws.root / "templates").mkdir(parents=True, exist_ok=True)
+    (ws.root / "templates" / "broken-part-41.j2").write_text("ok\n{% if %}\n")
+    values = {SecretRef("local", "prod/db"): SecretValue('{"part": "broken-part-41.j2"}')}
+    text = problem(render(ws, "{% include secrets.db.part %}", values))  # type: ignore[arg-type]
+    assert text.startswith("<computed>:2: template syntax error: "), text
+    assert "broken-part-41" not in text
+    text = problem(render(ws, '{% include "broken-part-41.j2" %}'))
+    assert (
+        text.startswith(f"{ws.root / 'broken-part-41.j2'}:2: ") or "broken-part-41.j2:2: " in text
+    )
+
+
+def test_include_of_a_list_names_each_name_it_tried(ws: Workspace) -> None:
+    """`{% include [a, b] %}` with neither there names both (literal names only)."""
+    from smagent.providers.base import SecretValue
+    from smagent.references import SecretRef
+
+    values = {SecretRef("local", "prod/db"): SecretValue('{"host": "b-76.j2"}')}
+    text = problem(render(ws, '{% include ["a.j2", secrets.db.host] %}', values))  # type: ignore[arg-type]
+    assert "none of the templates 'a.j2', <computed> could be loaded" in text

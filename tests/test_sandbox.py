@@ -117,6 +117,7 @@ HEAVY_WORK = [
     ),
     ('{{ range(100000) | map("string") | list | toyaml }}', STEPS),
     ('{% for i in range(100000) %}{{ ("x" * 1000000) | wordcount }}{% endfor %}', STEPS),
+    ('{{ ("see http://example.com/ " * 600000) | urlize }}', STEPS),
     (
         '{% for i in range(100000) %}{{ ("p" ~ i) | scram_sha256 }}{% endfor %}',
         "more than 8,192,000 SCRAM (PBKDF2) iterations in one render",
