@@ -671,8 +671,11 @@ class Renderer:
                     stage=stage,
                 )
             except ReferenceSyntaxError as exc:
-                if str(reference) in ctx.known:  # the key, version or stage may be computed
-                    raise ReferenceProblem(_mask_quoted(str(exc), ctx.show)) from None
+                if str(reference) in ctx.known:
+                    given = (key, version, stage)
+                    literal = all(arg is None or str(arg) in ctx.known for arg in given)
+                    message = str(exc) if literal else _mask_quoted(str(exc), ctx.show)
+                    raise ReferenceProblem(message) from None
                 raise ReferenceProblem(
                     f"secret({COMPUTED}) is not a reference: write 'NAMESPACE/KEY' or "
                     "'PROVIDER:SECRET_ID'"

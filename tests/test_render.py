@@ -608,3 +608,13 @@ def test_cli_output_holds_no_derived_value(ws: Workspace, args: tuple[str, ...])
         found = [m for m in messages if (f"{name}:2: " in m or f"{name}: " in m) and expected in m]
         assert found, f"no message for {name} with {expected!r}"
     assert (args[1] == "--once") == good.exists()
+
+
+def test_reference_errors_keep_their_wording(ws: Workspace) -> None:
+    """A literal bad reference is explained in full; only computed parts are masked."""
+    (problem,) = render(ws, "{{ secret('nope/x') }}").problems
+    assert "'nope/x': unknown namespace 'nope' (namespaces: db, store)" in str(problem)
+    (problem,) = render(ws, "{{ secret('db/') }}").problems
+    assert "'db/' ends with '/': name a key after it, or drop the '/'" in str(problem)
+    (problem,) = render(ws, "{{ secret('db/a', key=secrets.db.host ~ '..') }}").problems
+    assert "key <computed> has an empty part" in str(problem)
