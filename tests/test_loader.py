@@ -197,6 +197,7 @@ def test_unreadable_include_says_permission_denied(ws: Workspace) -> None:
         check=False,
         env={k: v for k, v in os.environ.items() if not k.startswith("SMAGENT_")},
     )
+    leaks.assert_no_leak(proc.stdout + proc.stderr, "smagent check")
     assert 1 == proc.returncode, proc.stderr
     assert f"t.j2:2: template 'locked.j2': {locked}: permission denied" in proc.stdout
 

@@ -19,6 +19,7 @@ from smagent.config import load_config
 from smagent.providers.base import SecretValue
 from smagent.references import SecretRef
 from smagent.render import Renderer, RenderOutcome
+from tests import leaks
 from tests.conftest import Workspace
 
 TEXT = "a text of more than 16 MiB"
@@ -290,6 +291,7 @@ def test_cli_bounded_run_writes_the_good_template(ws: Workspace) -> None:
         check=False,
     )
     elapsed = time.monotonic() - started
+    leaks.assert_no_leak(proc.stdout + proc.stderr, "smagent render --once")
     assert 1 == proc.returncode, proc.stderr[-2000:]
     assert "host=db.internal\n" == good.read_text()
     errors = {
