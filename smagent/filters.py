@@ -53,11 +53,14 @@ import yaml
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject
 
 __all__ = [
+    "SCRAM_MAX_ITERATIONS",
     "FilterError",
     "as_text",
     "b64decode",
     "b64encode",
+    "check_scram_iterations",
     "env_quote",
+    "is_scram_verifier",
     "mycnf_quote",
     "pgpass_escape",
     "scram_sha256",
@@ -507,6 +510,8 @@ def _strict_b64decode(text: str) -> bytes | None:
 
 # --- PostgreSQL SCRAM-SHA-256 -------------------------------------------------------------------
 
+SCRAM_MAX_ITERATIONS = 100_000
+"""About 40 ms per verifier here (two PBKDF2 runs); PostgreSQL's default is 4096."""
 _SCRAM_PREFIX = "SCRAM-SHA-256$"
 _SCRAM_SALT_CONTEXT = b"smagent scram-sha-256 salt v1"
 _SCRAM_SALT_LENGTH = 16
@@ -563,6 +568,22 @@ def _postgres_password_bytes(password: str) -> bytes | None:
     return unicodedata.normalize("NFKC", mapped).encode("utf-8")
 
 
+def check_scram_iterations(iterations: object) -> None:
+    """An iteration count PostgreSQL accepts (at least 1), and at most SCRAM_MAX_ITERATIONS."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise FilterError("scram_sha256: iterations must be an integer")
+    if not 1 <= iterations <= SCRAM_MAX_ITERATIONS:
+        raise FilterError(
+            f"scram_sha256: iterations must be from 1 (PostgreSQL's minimum) "
+            f"to {SCRAM_MAX_ITERATIONS:,}"
+        )
+
+
+def is_scram_verifier(value: str) -> bool:
+    """Whether `value` already is a verifier (`scram_sha256` returns it unchanged)."""
+    return value.startswith(_SCRAM_PREFIX)
+
+
 def scram_sha256(password: object, salt: str | None = None, iterations: int = 4096) -> str:
     """A PostgreSQL / pgbouncer SCRAM-SHA-256 verifier for `password`.
 
@@ -584,16 +605,16 @@ def scram_sha256(password: object, salt: str | None = None, iterations: int = 40
     costs as much as against the verifier itself; with a plain HMAC it would
     cost `iterations` times less. It still means equal passwords have equal
     verifiers everywhere; pin a salt per role with `salt=` (base64) to avoid
-    that. `iterations` defaults to 4096, PostgreSQL's default; any value from 1
-    up is accepted, as PostgreSQL does.
+    that. `iterations` defaults to 4096, PostgreSQL's default; PostgreSQL
+    accepts any count from 1 up, we take 1 to `SCRAM_MAX_ITERATIONS`, so that
+    a typo cannot tie up the host for minutes per verifier.
     """
+    check_scram_iterations(iterations)
     text = _text(password, "scram_sha256")
     if text.startswith(_SCRAM_PREFIX):
         return text
     if "\x00" in text:
         raise FilterError("scram_sha256: a PostgreSQL password cannot contain a NUL character")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise FilterError("scram_sha256: iterations must be a positive integer")
     secret = _postgres_password_bytes(text)
     if secret is None:
         raise FilterError("scram_sha256: the password is not valid Unicode text")

@@ -14,20 +14,27 @@ attribute: `secrets.db.items` is the key "items", not dict.items. This is
 done in `_SecretEnvironment.getattr`, which also keeps the sandbox's rules for
 every other object. Iterate a secret mapping with `| items` or `| dictsort`.
 
-No message built here contains a secret value. Messages name templates,
-lines, namespaces, secret ids and keys, and each of those is shown only when
-it is written literally in the template or the config (`_Context.show`): a
-key computed from another secret (`secrets.users[secrets.cfg.name]`) is shown
-as `<computed>`, since its text is secret-derived.
+No message built here contains a secret value, nor text derived from one.
+Messages name templates, lines, namespaces, secret ids and keys, and each of
+those is shown only when it is written literally in the template or the
+config (`_Context.show`): a key computed from another secret
+(`secrets.users[secrets.cfg.name]`) is shown as `<computed>`, since its text
+is secret-derived. Jinja's own messages go through the same rule
+(`_SafeMessages`, `_mask_quoted`), and Python's (which quote operands) are
+reduced to their type (`_describe_exception`).
+
+The sandbox and the limits of a render are in sandbox.py, the loading of
+template files (and what `{% include %}` may read) in loader.py.
 """
 
 from __future__ import annotations
 
+import ast
 import contextvars
 import functools
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -35,10 +42,11 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import object_type_repr
 
-from smagent import arcion, filters
+from smagent import arcion, filters, sandbox
 from smagent.config import Config, Template
+from smagent.loader import TemplateLoader, Unloadable
 from smagent.providers.base import FetchResult, ProviderError
 from smagent.references import (
     Lookup,
@@ -47,7 +55,6 @@ from smagent.references import (
     SecretRef,
     parse_secret_call,
 )
-from smagent.regular_file import read_regular
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject, parse_json_text
 
 COMPUTED = "<computed>"
@@ -113,6 +120,8 @@ class _Context:
     missing: set[SecretRef] = field(default_factory=set)
     failed: dict[SecretRef, tuple[Lookup, ProviderError]] = field(default_factory=dict)
     """Per failed secret, the deepest lookup that hit it (`db.password`, not `db`)."""
+    parsed: dict[SecretRef, Any] = field(default_factory=dict)
+    """Each secret's JSON, parsed once per render however often a loop reads it."""
 
     def plain(self, text: object) -> str:
         """`text` as it may be shown: itself when written literally, else `<computed>`."""
@@ -160,7 +169,9 @@ class _Context:
 
     def _walk(self, raw: str, lookup: Lookup) -> Any:
         secret = self.plain(lookup.ref.secret_id)
-        node = parse_json_text(raw)
+        if lookup.ref not in self.parsed:
+            self.parsed[lookup.ref] = parse_json_text(raw)
+        node = self.parsed[lookup.ref]
         if node is None:
             raise ReferenceProblem(
                 f"secret {secret} is not a JSON object, "
@@ -219,7 +230,60 @@ class _Located:
         return self._ctx.value(Lookup(self._lookup.ref, (*self._lookup.key, str(key))))
 
 
-class Pending(_Located, jinja2.ChainableUndefined):
+class _SafeUndefinedError(jinja2.UndefinedError):
+    """An undefined value was used; the message shows only names written in the template."""
+
+
+class _SafeSecurityError(jinja2.exceptions.SecurityError):
+    """The sandbox refused an attribute; the message shows it only if written in the template."""
+
+
+class _SafeMessages:
+    """Jinja's messages for undefined values quote the missing name, which can be computed
+    from a secret (`{}[secrets.db.password | upper]`): these show it only when it is
+    literal text of the template, and raise errors that say so (`_describe_exception`)."""
+
+    __slots__ = ()
+    _undefined_hint: str | None
+    _undefined_obj: Any
+    _undefined_name: Any
+    _undefined_exception: type[jinja2.TemplateRuntimeError]
+
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = jinja2.utils.missing,
+        name: str | None = None,
+        exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
+    ) -> None:
+        safe = _SafeSecurityError if issubclass(exc, jinja2.exceptions.SecurityError) else None
+        super().__init__(hint, obj, name, safe or _SafeUndefinedError)  # type: ignore[call-arg]
+
+    @property
+    def _undefined_message(self) -> str:
+        ctx = _CURRENT.get(None)
+        show: Callable[[object], str] = ctx.show if ctx is not None else (lambda _: COMPUTED)
+        name = self._undefined_name
+        if self._undefined_exception is _SafeSecurityError:
+            kind = type(self._undefined_obj).__name__
+            return f"access to attribute {show(name)} of a {kind!r} object is unsafe"
+        if self._undefined_hint:
+            return _mask_quoted(self._undefined_hint, show)
+        if self._undefined_obj is jinja2.utils.missing:
+            return f"{show(name)} is undefined"
+        kind = object_type_repr(self._undefined_obj)
+        if not isinstance(name, str):  # an index: `[][7]`
+            return f"{kind} has no element {repr(name) if show(name) != COMPUTED else COMPUTED}"
+        return f"{kind!r} has no attribute {show(name)}"
+
+
+class _StrictUndefined(_SafeMessages, jinja2.StrictUndefined):
+    """The `undefined` of the environment: any use is an error, with a safe message."""
+
+    __slots__ = ()
+
+
+class Pending(_Located, _SafeMessages, jinja2.ChainableUndefined):
     """A reference whose value is not fetched yet: renders empty, chains quietly."""
 
     @classmethod
@@ -309,11 +373,12 @@ def _plain_child(obj: JsonObject | JsonArray, key: Any) -> Any:
 # --- the environment ------------------------------------------------------------------------------
 
 
-class _SecretEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, plus key-first attribute access on secret data (module docstring)."""
+class _SecretEnvironment(sandbox.BoundedSandbox):
+    """The bounded sandbox, plus key-first attribute access on secret data (module docstring)."""
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, _NODES):
+            sandbox.step()
             return obj.child(attribute)
         if isinstance(obj, JsonObject | JsonArray):
             return _plain_child(obj, attribute)
@@ -328,65 +393,18 @@ class _SecretEnvironment(ImmutableSandboxedEnvironment):
             return super().getitem(obj, argument)
         if isinstance(argument, jinja2.Undefined):
             return argument  # the key itself is not fetched yet: no lookup to make this round
+        sandbox.step()
         if isinstance(obj, _NODES):
             return obj.child(argument)
         return _plain_child(obj, argument)
 
 
-# --- loading templates ----------------------------------------------------------------------------
-
-
-class _Loader(jinja2.BaseLoader):
-    """Configured templates by name; `{% include %}` only below allowed folders.
-
-    Includes resolve against the config folder and the folders of the
-    configured templates, never outside them (`..`, symlinks and absolute
-    paths are resolved first), and never to the config file or a file a
-    provider reads (a secrets file, a token file): a template must not be
-    able to copy those into a destination.
-    """
-
-    def __init__(self, roots: Iterable[Path], denied: Iterable[Path]) -> None:
-        self.roots = list(dict.fromkeys(r.resolve() for r in roots))
-        self.denied = {d.resolve() for d in denied}
-        self.inline: dict[str, str] = {}
-
-    def get_source(
-        self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        if template in self.inline:
-            return self.inline[template], template, lambda: True
-        path = Path(template)
-        candidates = [path] if path.is_absolute() else [root / path for root in self.roots]
-        for candidate in candidates:
-            resolved = candidate.resolve()
-            if resolved in self.denied or not any(resolved.is_relative_to(r) for r in self.roots):
-                continue
-            found = _read_regular_file(resolved)
-            if found is not None:
-                source, mtime = found
-                return source, str(candidate), functools.partial(_unchanged, resolved, mtime)
-        raise jinja2.TemplateNotFound(template)
-
-
-def _read_regular_file(path: Path) -> tuple[str, int] | None:
-    """Text and mtime of a regular UTF-8 file; None for anything else."""
-    try:
-        data, info = read_regular(path)
-        return data.decode("utf-8"), info.st_mtime_ns
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _unchanged(path: Path, mtime: int) -> bool:
-    try:
-        return os.stat(path).st_mtime_ns == mtime
-    except OSError:
-        return False
+# --- literal text of a template -----------------------------------------------------------------
 
 
 def _literals(env: jinja2.Environment, name: str, seen: set[str] | None = None) -> set[str]:
-    """Every string written in a template (and the templates it includes by name)."""
+    """Every name and string written in a template (and in the templates it includes,
+    imports or extends by a literal name): what messages may show of it."""
     seen = set() if seen is None else seen
     if name in seen:
         return set()
@@ -398,14 +416,20 @@ def _literals(env: jinja2.Environment, name: str, seen: set[str] | None = None) 
     except jinja2.TemplateError:
         return set()
     found: set[str] = set()
-    for node in tree.find_all((nodes.Const, nodes.Getattr, nodes.Include)):
+    for node in tree.find_all(nodes.Node):
         if isinstance(node, nodes.Getattr):
             found.add(node.attr)
+        elif isinstance(node, nodes.Name | nodes.Macro | nodes.Filter | nodes.Test):
+            found.add(node.name)
+        elif isinstance(node, nodes.Keyword):
+            found.add(node.key)
         elif isinstance(node, nodes.Const) and isinstance(node.value, str | int):
             text = str(node.value)
             found.add(text)
             found.update(re.split(r"[/.:]", text))
-        elif isinstance(node, nodes.Include) and isinstance(node.template, nodes.Const):
+        elif isinstance(
+            node, nodes.Include | nodes.Import | nodes.FromImport | nodes.Extends
+        ) and isinstance(node.template, nodes.Const):
             found |= _literals(env, str(node.template.value), seen)
     return found
 
@@ -442,13 +466,17 @@ def _waits_for_pending(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @functools.lru_cache(maxsize=4096)
 def _scram_cached(password: str, salt: str | None, iterations: int) -> str:
-    return filters.scram_sha256(password, salt=salt, iterations=iterations)
+    if filters.is_scram_verifier(password):
+        return password
+    with sandbox.kdf_work(iterations * (2 if salt is None else 1)):  # the default salt: a 2nd KDF
+        return filters.scram_sha256(password, salt=salt, iterations=iterations)
 
 
 def _scram(password: Any, salt: str | None = None, iterations: int = 4096) -> str:
     """PBKDF2 is deliberately slow; an unchanged password must not cost it again each pass."""
     if isinstance(password, Binary):
         raise BinaryAsTextError(password.label)
+    filters.check_scram_iterations(iterations)
     return _scram_cached(
         str.__str__(str(password)), None if salt is None else str(salt), iterations
     )
@@ -478,18 +506,20 @@ class Renderer:
     """One Jinja environment for a config: compiled templates are cached across passes."""
 
     def __init__(self, config: Config) -> None:
-        roots = [config.folder, *(t.source.parent for t in config.templates if t.source)]
-        self.loader = _Loader(roots, denied=[config.path, *_provider_files(config)])
+        sources = [t.source for t in config.templates if t.source is not None]
+        roots = [config.folder, *(source.parent for source in sources)]
+        denied = {config.path: "the config file", **_provider_files(config)}
+        self.loader = TemplateLoader(roots, denied, sources)
         self.env = _SecretEnvironment(
             loader=self.loader,
-            undefined=jinja2.StrictUndefined,
+            undefined=_StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
             finalize=_config_text,
             extensions=[arcion.ArcionTokens],
             auto_reload=True,
         )
-        self.env.filters.update({name: _waits_for_pending(fn) for name, fn in FILTERS.items()})
+        self.env.register_filters({name: _waits_for_pending(fn) for name, fn in FILTERS.items()})
         self.arcion: arcion.ArcionTokens = self.env.extensions[arcion.ArcionTokens.identifier]  # type: ignore[assignment]
         self.namespaces = config.namespaces
         self.providers = frozenset(config.providers)
@@ -524,25 +554,24 @@ class Renderer:
         label = self.template_file(template)
         token = _CURRENT.set(ctx)
         try:
-            compiled = self.env.get_template(name)
-            ctx.known = self._known_text(name, compiled)
-            text = compiled.render(secrets=SecretsRoot(ctx), secret=self._secret_function(ctx))
+            with sandbox.metered() as meter:
+                compiled = self.env.get_template(name)
+                ctx.known = self._known_text(name, compiled)
+                meter.start_clock()
+                text = compiled.render(secrets=SecretsRoot(ctx), secret=self._secret_function(ctx))
             ready = not (ctx.failed or ctx.missing)
             filled = self.arcion.fill(text, name, self._token_value(ctx), ready=ready)
         except arcion.Refused as exc:
             return self._outcome(ctx, problems=self._refused(exc, label))
         except jinja2.TemplateSyntaxError as exc:
             inline = not exc.filename or exc.filename.startswith("<inline")
-            problem = Problem(
-                f"template syntax error: {exc.message}",
-                label if inline else exc.filename,
-                exc.lineno,
-            )
-            return self._outcome(ctx, problems=(problem,))
-        except jinja2.TemplateNotFound as exc:
-            problem = Problem(f"template not found: {ctx.show(exc.name)}", label)
+            file = label if inline else self._shown_file(ctx, exc.filename)
+            problem = Problem(f"template syntax error: {exc.message}", file, exc.lineno)
             return self._outcome(ctx, problems=(problem,))
         except Exception as exc:
+            if isinstance(exc, Unloadable) and exc.asked == name:  # the template itself
+                message = f"cannot load the template: {exc.describe(name_shown=True)}"
+                return self._outcome(ctx, problems=(Problem(message, label),))
             return self._unfinished(ctx, label, exc)
         finally:
             _CURRENT.reset(token)
@@ -553,7 +582,23 @@ class Renderer:
         except UnicodeEncodeError:
             message = "the output holds text that is not valid Unicode (a lone surrogate)"
             return self._outcome(ctx, problems=(Problem(message, label),))
+        if len(output) > sandbox.MAX_TEXT:
+            message = (
+                f"output larger than {sandbox.MAX_TEXT // sandbox.MiB} MiB as UTF-8 "
+                "(the limit for a rendered file)"
+            )
+            return self._outcome(ctx, problems=(Problem(message, label),))
         return self._outcome(ctx, output=output)
+
+    def _shown_file(self, ctx: _Context, filename: str | None) -> str | None:
+        """A template file as messages may name it: an include's path holds its name,
+        which is masked when that name was computed."""
+        if filename is None:
+            return None
+        asked = self.loader.names.get(filename)
+        if asked is None or asked in self.loader.sources or asked in ctx.known:
+            return filename
+        return COMPUTED
 
     @staticmethod
     def _outcome(ctx: _Context, **kwargs: Any) -> RenderOutcome:
@@ -576,11 +621,10 @@ class Renderer:
             return self._outcome(ctx, missing=frozenset(ctx.missing))
         assert exc is not None
         file, line = _template_position(exc.__traceback__, self.loader)
-        if file in self.loader.inline:
-            file = label
+        file = label if file is None or file in self.loader.inline else self._shown_file(ctx, file)
         culprit = exc.lookup if isinstance(exc, ReferenceProblem) else None
         shown = ctx.label(culprit) if culprit is not None else None
-        problem = Problem(_describe_exception(exc), file or label, line, shown)
+        problem = Problem(_describe_exception(exc, ctx.show), file, line, shown)
         return self._outcome(ctx, problems=(problem,))
 
     def _token_value(self, ctx: _Context) -> Callable[[str], Any]:
@@ -628,7 +672,10 @@ class Renderer:
                 )
             except ReferenceSyntaxError as exc:
                 if str(reference) in ctx.known:
-                    raise ReferenceProblem(str(exc)) from None
+                    given = (key, version, stage)
+                    literal = all(arg is None or str(arg) in ctx.known for arg in given)
+                    message = str(exc) if literal else _mask_quoted(str(exc), ctx.show)
+                    raise ReferenceProblem(message) from None
                 raise ReferenceProblem(
                     f"secret({COMPUTED}) is not a reference: write 'NAMESPACE/KEY' or "
                     "'PROVIDER:SECRET_ID'"
@@ -638,27 +685,30 @@ class Renderer:
         return secret
 
 
-def _provider_files(config: Config) -> list[Path]:
+def _provider_files(config: Config) -> dict[Path, str]:
     """Files a provider reads (secrets, tokens, keys): never includable by a template."""
-    files = []
-    for provider in config.providers.values():
+    files = {}
+    for provider_name, provider in config.providers.items():
         for struct in (provider, getattr(provider, "auth", None)):
             for name in getattr(struct, "__struct_fields__", ()):
                 value = getattr(struct, name)
                 if name.endswith(("path", "_file", "ca_cert")) and isinstance(value, str):
-                    files.append(Path(value))
+                    files[Path(value)] = f"a file provider {provider_name!r} reads"
     return files
 
 
 def _config_words(config: Config) -> set[str]:
-    """Names and ids from the config: not secret, so messages may show them."""
+    """Names, ids and paths from the config: not secret, so messages may show them."""
     words = set(config.namespaces) | set(config.providers)
     for ns in config.namespaces.values():
         words.update(w for w in (ns.secret, ns.version, ns.stage) if w is not None)
+    words.update(str(t.source) for t in config.templates if t.source is not None)
     return words
 
 
-def _template_position(tb: TracebackType | None, loader: _Loader) -> tuple[str | None, int | None]:
+def _template_position(
+    tb: TracebackType | None, loader: TemplateLoader
+) -> tuple[str | None, int | None]:
     """The innermost template file and line in a traceback Jinja has rewritten."""
     file: str | None = None
     line: int | None = None
@@ -670,20 +720,78 @@ def _template_position(tb: TracebackType | None, loader: _Loader) -> tuple[str |
     return file, line
 
 
-def _describe_exception(exc: Exception) -> str:
-    """A message for a failed render that cannot carry a value.
+_PLAIN_WORDS: dict[type[BaseException], str] = {
+    ZeroDivisionError: "division by zero",
+    OverflowError: "a number too large",
+    RecursionError: "nesting too deep (a macro, include or recursive loop that does not end)",
+    MemoryError: "out of memory",
+    TypeError: "an operation on a value of the wrong type",
+    ValueError: "a value this operation cannot take",
+    KeyError: "a missing key",
+    IndexError: "an index out of range",
+    AttributeError: "a missing attribute",
+}
 
-    Our own errors are written never to hold values; Jinja's undefined errors
-    name variables and types only. Any other exception (a TypeError from
-    arithmetic, say) is described by its type alone.
+
+def _describe_exception(exc: Exception, show: Callable[[object], str]) -> str:
+    """A message for a failed render that cannot carry a value, nor text derived from one.
+
+    Our own errors are written never to hold values, and our undefined values
+    build theirs from names written in the template (`_SafeMessages`). Jinja's
+    other errors quote their variable parts with repr(): those are shown only
+    when written in the template. Anything else (a TypeError from arithmetic,
+    a ValueError from `int()`) is described by its type alone: Python quotes
+    the operands (`invalid literal for int() with base 10: '...'`).
     """
-    if isinstance(exc, ReferenceProblem | BinaryAsTextError | jinja2.UndefinedError):
-        return str(exc)
-    if isinstance(exc, jinja2.exceptions.SecurityError):
+    if isinstance(exc, Unloadable):
+        return f"template {show(exc.asked)}: {exc.describe(show(exc.asked) != COMPUTED)}"
+    if isinstance(exc, jinja2.TemplatesNotFound):
+        names = ", ".join(show(name) for name in exc.templates) or "none given"
+        return f"none of the templates {names} could be loaded"
+    if isinstance(exc, _SafeSecurityError):
         return f"blocked by the sandbox: {exc}"
-    if isinstance(exc, filters.FilterError):
-        return str(exc)  # names the filter and the type, never the input
-    return f"{type(exc).__name__} while rendering (values are not shown)"
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return "blocked by the sandbox: a call it does not allow"
+    if isinstance(
+        exc,
+        ReferenceProblem
+        | BinaryAsTextError
+        | filters.FilterError
+        | sandbox.LimitExceeded
+        | _SafeUndefinedError,
+    ):
+        return str(exc)
+    if isinstance(exc, jinja2.TemplateError):
+        return _mask_quoted(str(exc), show)
+    kind = type(exc)
+    words = next((w for t, w in _PLAIN_WORDS.items() if issubclass(kind, t)), "an error")
+    return f"{kind.__name__} while rendering: {words} (values are not shown)"
+
+
+_QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'" + r'|"(?:[^"\\\n]|\\.)*"')
+
+
+def _mask_quoted(text: str, show: Callable[[object], str]) -> str:
+    """`text` with each repr()-quoted string shown only if written literally (see `show`).
+
+    Jinja writes every variable part of its messages as repr(). A quoted part
+    that is not a repr (`"key"` in fixed wording) stays. If a quote is left
+    over, the message cannot be split safely, and only its kind is given.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        quoted = match.group(0)
+        try:
+            value = ast.literal_eval(quoted)
+        except (ValueError, SyntaxError):
+            return COMPUTED
+        return show(value) if repr(value) == quoted else quoted
+
+    masked = _QUOTED.sub(replace, text)
+    rest = _QUOTED.sub("", masked)
+    if "'" in rest or '"' in rest:
+        return "an error in the template (its text may hold values, so it is not shown)"
+    return masked
 
 
 def extract(lookup: Lookup, result: FetchResult) -> str | bytes:

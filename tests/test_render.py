@@ -193,33 +193,64 @@ def test_non_finite_output_never_partial(ws: Workspace) -> None:
     assert "ZeroDivisionError" in str(outcome.problems[0])
 
 
+SANDBOX = "blocked by the sandbox: access to attribute "
 SANDBOX_ESCAPES = [
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{{ ().__class__.__base__.__subclasses__() }}",
-    "{{ lipsum.__globals__['os'] }}",
-    "{{ cycler.__init__.__globals__.os }}",
-    "{{ secret.__globals__ }}",
-    "{{ secret.__code__ }}",
-    "{{ self.__init__.__globals__ }}",
-    "{{ secrets.__class__.__init__.__globals__ }}",
-    "{{ secrets.db.__class__ }}",
-    "{{ secrets.db.nested.__class__.__mro__ }}",
-    "{{ secrets.db.host.__class__.__mro__ }}",
-    "{{ 'x'.format.__self__ }}",
-    "{{ '{0.__class__}'.format(secrets) }}",
-    "{% set l = [] %}{{ l.append(1) }}",
-    "{{ range.__self__ }}",
-    "{% include '/etc/passwd' %}",
-    "{% include '../../../../../../etc/passwd' %}",
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", SANDBOX + "'__class__' of a 'str'"),
+    ("{{ ().__class__.__base__.__subclasses__() }}", SANDBOX + "'__class__' of a 'tuple'"),
+    ("{{ dict.__base__.__subclasses__() }}", SANDBOX + "'__base__' of a 'type'"),
+    ("{{ lipsum.__globals__['os'] }}", SANDBOX + "'__globals__' of a 'function'"),
+    ("{{ cycler.__init__.__globals__.os }}", SANDBOX + "'__init__' of a 'type'"),
+    ("{{ secret.__globals__ }}", SANDBOX + "'__globals__' of a 'function'"),
+    ("{{ secret.__code__ }}", SANDBOX + "'__code__' of a 'function'"),
+    ("{{ self.__init__.__globals__ }}", SANDBOX + "'__init__' of a 'TemplateReference'"),
+    ("{{ secrets.db.host.__class__.__mro__ }}", SANDBOX + "'__class__' of a 'str'"),
+    ("{{ secrets.db.host.upper.__self__ }}", SANDBOX + "'__self__' of a 'builtin_function"),
+    ("{% set l = [] %}{{ l.append(1) }}", SANDBOX + "'append' of a 'list'"),
+    ("{% set d = {} %}{{ d.update(a=1) }}", SANDBOX + "'update' of a 'dict'"),
+    # the sandbox swaps str.format for a safe wrapper, which has no __self__ to reach
+    ("{{ 'x'.format.__self__ }}", "'function object' has no attribute '__self__'"),
+    ("{% include '/etc/passwd' %}", "template '/etc/passwd': outside the folders"),
+    (
+        "{% include '../../../../../../etc/passwd' %}",
+        "resolves to /etc/passwd, outside the folders",
+    ),
 ]
 
 
-@pytest.mark.parametrize("payload", SANDBOX_ESCAPES)
-def test_sandbox_escapes_fail(ws: Workspace, payload: str) -> None:
-    """Attribute tricks and includes cannot reach Python internals or other files."""
+@pytest.mark.parametrize(("payload", "reason"), SANDBOX_ESCAPES)
+def test_sandbox_escapes_fail(ws: Workspace, payload: str, reason: str) -> None:
+    """Attribute tricks and includes are stopped by the sandbox or the loader, and say so.
+
+    Each payload would reach Python internals or another file without them: the
+    reason is asserted, so a payload that fails for some other reason (a typo,
+    a missing name) cannot pass for a blocked escape.
+    """
     outcome = render(ws, payload)
     assert outcome.output is None, "sandbox escape produced output"
-    assert outcome.problems
+    (problem,) = outcome.problems
+    assert reason in str(problem)
+
+
+KEY_FIRST = [
+    ("{{ secrets.__class__.__init__.__globals__ }}", "unknown namespace '__class__'"),
+    ("{{ secrets.db.__class__ }}", "key '__class__' not in secret prod/db (keys: "),
+    (
+        "{{ secrets.db.nested.__class__.__mro__ }}",
+        "key '__class__' not in secret prod/db at nested",
+    ),
+    ("{{ secrets.store.__class__ }}", "local:__class__: not found"),
+    ("{{ '{0.__class__}'.format(secrets) }}", "unknown namespace <computed>"),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), KEY_FIRST)
+def test_secret_nodes_answer_keys_not_attributes(ws: Workspace, payload: str, reason: str) -> None:
+    """On secret data, `.__class__` is a key like any other: never a Python attribute."""
+    values = {**VALUES, SecretRef("local", "__class__"): NotFound(None, "not found")}
+    outcome = render(ws, payload, values)  # type: ignore[arg-type]
+    assert outcome.output is None, "a Python attribute was reached"
+    (problem,) = outcome.problems
+    assert reason in str(problem)
 
 
 def test_include_within_config_folder(ws: Workspace) -> None:
@@ -362,21 +393,13 @@ def test_literal_keys_are_shown(ws: Workspace) -> None:
     assert "'oops' not in secret prod/db" in str(problem)
 
 
-def test_include_cannot_read_secrets_or_config(ws: Workspace) -> None:
-    """{% include %} refuses the secrets file and the config file, even in the same folder."""
-    for name in ("secrets.yaml", "smagent.yaml", "../secrets.yaml"):
-        outcome = render(ws, f'{{% include "{name}" %}}')
-        assert outcome.output is None, name
-        assert "template not found" in str(outcome.problems[0])
-
-
 def test_include_of_a_fifo_does_not_hang(ws: Workspace) -> None:
     """A FIFO under the template folder is refused, not read (a read would block forever)."""
     (ws.root / "templates").mkdir(parents=True, exist_ok=True)
     with special_file(ws.root / "templates" / "pipe.j2", "fifo"):
         outcome = finishes_within(2.0, lambda: render(ws, '{% include "pipe.j2" %}'))
     assert outcome.output is None
-    assert "template not found" in str(outcome.problems[0])
+    assert "pipe.j2 is a FIFO, not a file" in str(outcome.problems[0])
 
 
 def test_binary_secret_attributes_are_blocked(ws: Workspace) -> None:
@@ -430,3 +453,168 @@ def test_arcion_token_inside_plain_value_requotes_the_value(tmp_path: Path) -> N
     text = "url: jdbc:mysql://arcion-sm://m/host:3306/db\n"
     outcome = render_arcion(tmp_path, text, {"host": "a: b"})
     assert b'url: "jdbc:mysql://a: b:3306/db"\n' == outcome.output
+
+
+# --- defect class 1: no leak through a value derived from a secret ------------------------------
+
+COMPUTED_NAME = "<computed>"
+LEAK_CASES = [
+    # (expression on line 2 of its template, what the message must say instead of the value)
+    ("{{ {}[secrets.db.password | upper] }}", "'dict object' has no attribute <computed>"),
+    ("{{ {}[secrets.db.password | lower] }}", "'dict object' has no attribute <computed>"),
+    ("{{ {}[secrets.db.password | reverse | join] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.password | title] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.password | replace('-', '_')] }}", "has no attribute <computed>"),
+    ("{{ {}['x' + secrets.db.password] }}", "has no attribute <computed>"),
+    ("{{ {}['x' ~ secrets.db.password ~ 'y'] }}", "has no attribute <computed>"),
+    ("{{ '' | attr(secrets.db.password | upper) }}", "'str object' has no attribute <computed>"),
+    ("{{ {}['%s!' | format(secrets.db.password)] }}", "has no attribute <computed>"),
+    ("{{ {}['{}!'.format(secrets.db.password)] }}", "has no attribute <computed>"),
+    ("{{ {}['%s!' % secrets.db.password] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.password[3:20]] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.password[::-1]] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.password | list | map('upper') | join] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.password | urlencode] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.password | b64encode] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.password | center(60)] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.password | tojson] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.db.username | upper] }}", "has no attribute <computed>"),
+    ("{{ {}[secrets.store['api-token'] | upper] }}", "has no attribute <computed>"),
+    (
+        "{{ {(secrets.db.password | upper): 1}[secrets.db.username] }}",
+        "has no attribute <computed>",
+    ),
+    ("{{ {}.get('a')[secrets.db.password | upper] }}", "'None' has no attribute <computed>"),
+    ("{{ [][secrets.db.port * 7] }}", "list object has no element <computed>"),
+    (
+        "{{ '' | attr('__' ~ secrets.db.password ~ '__') }}",
+        "'str object' has no attribute <computed>",
+    ),
+    ("{{ ''['_' ~ secrets.db.password[:0] ~ '_class__'] }}", SANDBOX + "<computed> of a 'str'"),
+    ("{{ ('{0.' ~ secrets.db.password ~ '}').format('') }}", "has no attribute <computed>"),
+    ("{{ [1] | map(secrets.db.password | upper) | list }}", "No filter named <computed>"),
+    ("{{ [1] | select(secrets.db.password | lower) | list }}", "No test named <computed>"),
+    ("{{ secret('db/' ~ secrets.db.password | upper) }}", "key <computed> not in secret prod/db"),
+    ("{{ secret('db/password', key=secrets.db.password ~ '..') }}", "key <computed> has an empty"),
+    ("{{ secrets.db[secrets.db.password | upper] }}", "key <computed> not in secret prod/db"),
+    ("{{ secrets.store[secrets.db.password | upper] }}", "local:<computed>: not found"),
+    ("{% include secrets.db.password | upper %}", "template <computed>: not found"),
+    ("{{ '%d' % secrets.db.password }}", "TypeError while rendering"),
+    ("{{ [1, 2].index(secrets.db.password | upper) }}", "ValueError while rendering"),
+    ("{{ ('%(' ~ secrets.db.password ~ ')s') % {} }}", "KeyError while rendering: a missing key"),
+    ("{{ ('{' ~ secrets.db.password | upper ~ '}').format() }}", "KeyError while rendering"),
+    ("{{ '{:d}'.format(secrets.db.password | upper) }}", "ValueError while rendering"),
+    ("{{ secrets.db.password | upper | int(base=99) + [] }}", "TypeError while rendering"),
+    ("{{ 1 / (secrets.db.port - secrets.db.port) }}", "ZeroDivisionError while rendering"),
+    ("{{ (secrets.db.password | upper) / 2 }}", "TypeError while rendering"),
+    ("{{ secrets.db.password | b64decode }}", "b64decode: input is not valid base64"),
+    (
+        "{% for c in secrets.db.password | upper %}{{ {}[c ~ loop.index] }}{% endfor %}",
+        "<computed>",
+    ),
+]
+
+
+def leak_forms(secret: str) -> list[str]:
+    """`secret` and the simple transforms of it that a careless message could hold.
+
+    Whole transforms, and every 12-character window of the secret and of its
+    upper, lower, reversed and title forms (a slice of a secret is a leak too).
+    """
+    import urllib.parse
+
+    whole = [
+        secret,
+        secret.upper(),
+        secret.lower(),
+        secret[::-1],
+        secret.title(),
+        base64.b64encode(secret.encode()).decode(),
+        urllib.parse.quote(secret, safe=""),
+        json.dumps(secret)[1:-1],
+    ]
+    windows = {form[i : i + 12] for form in whole[:5] for i in range(len(form) - 11)}
+    return [*whole, *sorted(windows)]
+
+
+def assert_nothing_leaks(*texts: str) -> None:
+    from tests.conftest import CANARIES
+
+    forms = [form for canary in CANARIES for form in leak_forms(canary)]
+    for text in texts:
+        for form in forms:
+            assert form not in text, "a secret, or a transform of one, leaked"
+
+
+@pytest.mark.parametrize(("expression", "expected"), LEAK_CASES)
+def test_errors_hold_no_value_derived_from_a_secret(
+    ws: Workspace, expression: str, expected: str
+) -> None:
+    """An error about a value derived from a secret says where and what, never the value."""
+    values = {**VALUES, SecretRef("local", CANARY.upper()): NotFound(None, f"no {CANARY.upper()}")}
+    outcome = render(ws, "line one\n" + expression + "\n", values)  # type: ignore[arg-type]
+    assert outcome.output is None
+    (problem,) = outcome.problems
+    text = str(problem)
+    where = f"{ws.root / 'templates' / 't.j2'}"
+    # a failed fetch has no line (the store answered, not the template)
+    assert text.startswith(f"{where}: " if problem.error else f"{where}:2: "), text
+    assert expected in text
+    assert_nothing_leaks(text, *outcome.labels.values())
+
+
+def test_literal_names_are_still_named(ws: Workspace) -> None:
+    """Names written in the template stay in messages: a typo must be findable."""
+    cases = {
+        "{{ nosuchvar }}": "'nosuchvar' is undefined",
+        "{{ {}.nokey }}": "'dict object' has no attribute 'nokey'",
+        "{{ {}['no key'] }}": "'dict object' has no attribute 'no key'",
+        "{{ [][7] }}": "list object has no element 7",
+        "{{ [1] | map('nofilter') | list }}": "No filter named 'nofilter'",
+        "{{ ''.__class__ }}": SANDBOX + "'__class__' of a 'str'",
+        "{% macro m(a) %}{{ a }}{% endmacro %}{{ m() }}": "parameter 'a' was not provided",
+    }
+    for text, expected in cases.items():
+        (problem,) = render(ws, text).problems
+        assert expected in str(problem), text
+
+
+def leak_workspace(ws: Workspace) -> list[Path]:
+    """One template per leak case (the expression on line 2), and one good template."""
+    ws.templates = []
+    for index, (expression, _) in enumerate(LEAK_CASES):
+        ws.template(f"leak{index:02}.j2", "first line\n" + expression + "\n")
+    return [ws.template("good.j2", "host={{ secrets.db.host }}\n")]
+
+
+@pytest.mark.parametrize(
+    "args", [("render", "--once"), ("render", "--dry-run"), ("check", "--connect")]
+)
+def test_cli_output_holds_no_derived_value(ws: Workspace, args: tuple[str, ...]) -> None:
+    """End to end, every leak case fails alone with template:line and its kind, and no value,
+    nor a transform of one, reaches stdout or stderr."""
+    (good,) = leak_workspace(ws)
+    result = ws.run(*args, "--log-level", "debug")
+    assert 1 == result.returncode, result.stderr
+    assert_nothing_leaks(result.stdout, result.stderr)
+    messages = [line.strip() for line in result.stdout.splitlines()]
+    for event in result.logs():
+        if event["event"] == "reference.failed":  # a failed fetch: logged as its parts
+            messages.append(f"{event['template']}: {event['reference']}: {event['error']}")
+        elif "error" in event:
+            messages.append(str(event["error"]))
+    for index, (_, expected) in enumerate(LEAK_CASES):
+        name = f"leak{index:02}.j2"
+        found = [m for m in messages if (f"{name}:2: " in m or f"{name}: " in m) and expected in m]
+        assert found, f"no message for {name} with {expected!r}"
+    assert (args[1] == "--once") == good.exists()
+
+
+def test_reference_errors_keep_their_wording(ws: Workspace) -> None:
+    """A literal bad reference is explained in full; only computed parts are masked."""
+    (problem,) = render(ws, "{{ secret('nope/x') }}").problems
+    assert "'nope/x': unknown namespace 'nope' (namespaces: db, store)" in str(problem)
+    (problem,) = render(ws, "{{ secret('db/') }}").problems
+    assert "'db/' ends with '/': name a key after it, or drop the '/'" in str(problem)
+    (problem,) = render(ws, "{{ secret('db/a', key=secrets.db.host ~ '..') }}").problems
+    assert "key <computed> has an empty part" in str(problem)
