@@ -20,6 +20,7 @@ import pytest
 from smagent.writer import (
     TEMP_MARKER,
     FileSpec,
+    Leftovers,
     UnknownOwnerError,
     WriteError,
     WriteOutcome,
@@ -62,6 +63,13 @@ def fingerprint(path: Path) -> tuple[int, ...]:
 
 def snapshot(folder: Path) -> dict[str, tuple[int, ...]]:
     return {p.name: fingerprint(p) for p in folder.iterdir()}
+
+
+def removed_for(dest: Path) -> list[Path]:
+    """The leftovers `clean_stale_temp_files` removes for one destination; fails on an error."""
+    (found,) = clean_stale_temp_files([dest])
+    assert None is found.error
+    return list(found.removed)
 
 
 def service_account() -> tuple[str, int, str, int]:
@@ -436,14 +444,16 @@ def test_clean_stale_temp_files_removes_only_this_destinations(tmp_path: Path) -
     (tmp_path / temp_path_for(dest).name).mkdir()  # a folder is never ours to remove
     expected_left = names_in(tmp_path) - {p.name for p in mine}
 
-    assert sorted(mine) == sorted(clean_stale_temp_files(dest))
+    assert sorted(mine) == sorted(removed_for(dest))
     assert expected_left == names_in(tmp_path)
-    assert [] == clean_stale_temp_files(dest)
+    assert [] == removed_for(dest)
 
 
 def test_clean_stale_temp_files_in_missing_folder_returns_nothing(tmp_path: Path) -> None:
     """A destination whose folder does not exist has nothing to clean."""
-    assert [] == clean_stale_temp_files(tmp_path / "missing" / "app.conf")
+    dest = tmp_path / "missing" / "app.conf"
+
+    assert [Leftovers(dest)] == clean_stale_temp_files([dest])
 
 
 def test_temp_name_is_recognisable_and_next_to_destination(tmp_path: Path) -> None:
@@ -468,7 +478,7 @@ def test_long_destination_name_still_gets_a_temp_file_that_fits(tmp_path: Path) 
     stale.write_bytes(b"x")
     other = temp_path_for(tmp_path / ("n" * 251))
     other.write_bytes(b"x")
-    assert [stale] == clean_stale_temp_files(dest)
+    assert [stale] == removed_for(dest)
     assert other.exists()
 
 
@@ -512,11 +522,90 @@ def test_sigkill_at_any_moment_leaves_old_or_new_file(tmp_path: Path) -> None:
 
         content = dest.read_bytes()
         seen.append("old" if content == old else "new" if content == new else "MIXED")
-        temp_files_found += len(clean_stale_temp_files(dest))
+        temp_files_found += len(removed_for(dest))
         assert {"big.conf"} == names_in(tmp_path)
 
     assert [] == [kind for kind in seen if kind == "MIXED"]
     assert temp_files_found >= 1  # at least one kill really landed mid-write
+
+
+def test_clean_up_keeps_a_live_writers_temp_file_and_removes_it_once_killed(
+    tmp_path: Path,
+) -> None:
+    """A writer frozen mid-write keeps its temp file through a clean-up; once killed, it goes."""
+    size = 20_000_000
+    dest = tmp_path / "big.conf"
+    with subprocess.Popen(
+        [sys.executable, "-c", _CRASH_CHILD, str(dest), str(size)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        assert "ready\n" == child.stdout.readline(), child.communicate()[1]
+        frozen: list[Path] = []
+        deadline = time.monotonic() + 30
+        while not frozen and time.monotonic() < deadline:
+            child.send_signal(signal.SIGSTOP)
+            frozen = [p for p in tmp_path.iterdir() if TEMP_MARKER in p.name]
+            if not frozen:
+                child.send_signal(signal.SIGCONT)
+                time.sleep(0.002)
+        assert frozen, "never caught the writer with a temp file"
+
+        (kept,) = clean_stale_temp_files([dest])
+        assert (dest, (), tuple(frozen), None) == (
+            kept.destination,
+            kept.removed,
+            kept.in_use,
+            kept.error,
+        )
+        assert all(p.exists() for p in frozen)
+
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+
+    assert frozen == removed_for(dest)
+    assert [] == [p for p in tmp_path.iterdir() if TEMP_MARKER in p.name]
+
+
+_COUNT_LISTINGS = """
+import sys
+from pathlib import Path
+from smagent.writer import clean_stale_temp_files, temp_path_for
+listings = []
+def count(event, args):
+    if event in ("os.scandir", "os.listdir"):
+        listings.append(args)
+sys.addaudithook(count)
+destinations = [Path(p) for p in sys.argv[1:]]
+leftovers = [temp_path_for(d) for d in destinations]
+for path in leftovers:
+    path.write_bytes(b"x")
+found = clean_stale_temp_files(destinations)
+assert sorted(leftovers) == sorted(p for f in found for p in f.removed), found
+print(len(listings))
+"""
+
+
+def test_clean_up_lists_each_folder_once_per_call(tmp_path: Path) -> None:
+    """Ten destinations in two folders cost two directory listings, and each leftover is found."""
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+    destinations = [folder / f"f{i}.conf" for folder in folders for i in range(5)]
+
+    child = subprocess.run(
+        [sys.executable, "-c", _COUNT_LISTINGS, *map(str, destinations)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert 0 == child.returncode, child.stderr
+    assert "2" == child.stdout.strip()
+    assert set() == names_in(folders[0]) | names_in(folders[1])
 
 
 # -- compare (dry run) ---------------------------------------------------------
