@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import random
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -606,6 +609,142 @@ def test_clean_up_lists_each_folder_once_per_call(tmp_path: Path) -> None:
     assert 0 == child.returncode, child.stderr
     assert "2" == child.stdout.strip()
     assert set() == names_in(folders[0]) | names_in(folders[1])
+
+
+# -- the order of operations, as the kernel sees it ----------------------------
+#
+# strace (Debian package `strace`) records every system call the writer makes on
+# the destination's folder; an audit hook in the same child records the temp
+# file's mode, owner and size at the instant of the rename. Nothing of ours is
+# replaced: the child calls the real write_file.
+
+_TRACED_CALLS = (
+    "openat,flock,fchmod,fchown,write,fsync,fdatasync,close,"
+    "rename,renameat,renameat2,chmod,fchmodat,chown,fchownat,lchown,unlinkat"
+)
+_TRACED_CHILD = """
+import json, os, stat, sys
+from pathlib import Path
+from smagent.writer import FileSpec, write_file
+at_rename = []
+def hook(event, args):
+    if event == "os.rename":
+        src, _, src_dir_fd, _ = args
+        st = os.stat(src, dir_fd=None if src_dir_fd == -1 else src_dir_fd, follow_symlinks=False)
+        at_rename.append([stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size])
+sys.addaudithook(hook)
+os.umask(0)  # a temp file created wider than its mode would show it
+dest, mode, owner, group, size = sys.argv[1:]
+ids = [int(i) if i else None for i in (owner, group)]
+spec = FileSpec(Path(dest), int(mode, 8), *ids)
+write_file(spec, b"x" * int(size))
+print(json.dumps(at_rename))
+"""
+_SYSCALL = re.compile(r"^\d+\s+(?P<name>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>-?\d+)")
+
+
+def strace_or_skip() -> str:
+    """The strace binary, if it can trace here; skipped without it, but a failure under CI=1."""
+    found = shutil.which("strace")
+    probe = (
+        subprocess.run([found, "-f", "-o", os.devnull, "true"], capture_output=True, check=False)
+        if found
+        else None
+    )
+    if found and probe is not None and probe.returncode == 0:
+        return found
+    reason = "strace is missing or cannot trace here (apt-get install strace)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def traced_write(
+    folder: Path, mode: int, owner: int | None, group: int | None, size: int, *, strace: bool
+) -> tuple[list[str], list[list[int]]]:
+    """One real write_file (under strace if asked): its steps on `folder`, the stat at rename."""
+    log = folder.parent / "strace.log"
+    ids = ["" if owner is None else str(owner), "" if group is None else str(group)]
+    tracer: list[str] = []
+    if strace:
+        tracer = [strace_or_skip(), "-f", "-qq", "-y", "-s", "0", "-e", f"trace={_TRACED_CALLS}"]
+        tracer += ["-o", str(log)]
+    args = [str(folder / "app.conf"), f"{mode:o}", *ids, str(size)]
+    child = subprocess.run(
+        [*tracer, sys.executable, "-c", _TRACED_CHILD, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == child.returncode, child.stderr
+    steps: list[str] = []
+    for line in log.read_text().splitlines() if strace else []:
+        match = _SYSCALL.match(line)
+        if match and str(folder) in match["args"]:
+            step = _step(match["name"], match["args"], folder)
+            if step and not (step == "write temp" and steps and steps[-1] == step):
+                steps.append(step)
+    return steps, json.loads(child.stdout)
+
+
+def _step(name: str, args: str, folder: Path) -> str | None:
+    """A system call on `folder` as a readable step; None for the ones the order ignores."""
+    on_temp = TEMP_MARKER in args.split(",")[0]
+    on_folder = args.split(",")[0].endswith(f"<{folder}>")
+    if name == "openat" and "O_CREAT" in args:
+        flags = "|".join(sorted(f for f in re.findall(r"O_[A-Z]+", args) if f != "O_CLOEXEC"))
+        return f"create {flags} {args.rsplit(', ', 1)[1]}"
+    if name in ("fchmod", "fchown") or "chmod" in name or "chown" in name:
+        return f"{name} {'temp' if on_temp else 'other'} {args.split(', ', 1)[1]}"
+    if name in ("write", "fsync", "fdatasync", "flock") and (on_temp or on_folder):
+        return f"{name} {'temp' if on_temp else 'folder'}"
+    if name.startswith("rename"):
+        return f"rename temp -> {args.split(', ')[3]}"
+    return None  # opening folders, close
+
+
+def test_write_order_create_with_mode_then_owner_data_fsync_rename_fsync_folder(
+    tmp_path: Path,
+) -> None:
+    """Under strace: O_EXCL create with the mode, chmod/chown, data, fsync, rename, folder fsync."""
+    owner = group = None
+    if os.geteuid() == 0:
+        _, owner, _, group = service_account()
+    folder = tmp_path / "out"
+    folder.mkdir()
+
+    steps, at_rename = traced_write(folder, 0o640, owner, group, 300_000, strace=True)
+
+    assert [
+        "create O_CREAT|O_EXCL|O_NOFOLLOW|O_WRONLY 0640",
+        "flock temp",
+        "fchmod temp 0640",
+        *([] if owner is None else [f"fchown temp {owner}, {group}"]),
+        "write temp",
+        "fsync temp",
+        'rename temp -> "app.conf"',
+        "fsync folder",
+    ] == steps
+    uid = os.geteuid() if owner is None else owner
+    gid = os.getegid() if group is None else group
+    assert [[0o640, uid, gid, 300_000]] == at_rename  # mode and owner already final at rename
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o2750])
+def test_temp_file_has_final_mode_owner_and_data_at_rename(tmp_path: Path, mode: int) -> None:
+    """At the instant of the rename (audit hook), the temp file has its mode, owner and data."""
+    owner = group = None
+    if os.geteuid() == 0:
+        _, owner, _, group = service_account()
+    folder = tmp_path / "out"
+    folder.mkdir()
+
+    _, at_rename = traced_write(folder, mode, owner, group, 70_000, strace=False)
+
+    uid = os.geteuid() if owner is None else owner
+    gid = os.getegid() if group is None else group
+    assert [[mode, uid, gid, 70_000]] == at_rename
 
 
 # -- compare (dry run) ---------------------------------------------------------
