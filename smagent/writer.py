@@ -8,13 +8,12 @@ never a mix, never an empty file, and never a file more permissive than asked.
 How one `write_file` goes, and why:
 
 1. Open the destination's folder by walking its path one component at a time
-   from `/` (`_open_folder`), creating missing folders on the way. Every later
-   step works on that folder's descriptor (`dir_fd=`), so a folder renamed or
-   swapped for a symlink meanwhile cannot split a write between two places.
-   A symlink on the path is followed like the kernel would, except one that
-   lives in a folder other users can write to and that they could have planted
-   (see `_trusted_symlink`): that is refused, whatever `fs.protected_symlinks`
-   says on this host.
+   from `/` (`smagent.folders`), creating missing folders on the way. Every
+   later step works on that folder's descriptor (`dir_fd=`), so a folder
+   renamed or swapped for a symlink meanwhile cannot split a write between two
+   places. A symlink on the path is followed as the kernel would, except one
+   in a folder other users can write to that they could have planted: that
+   is refused, whatever `fs.protected_symlinks` says on this host.
 2. Look at what is at the destination without following it: a symlink counts
    as "changed" and is replaced by a regular file, never followed, so a symlink
    planted there cannot redirect secrets into another file. A directory, FIFO,
@@ -64,7 +63,9 @@ import secrets
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from smagent.folders import FolderError, NewFolders, open_folder
 
 __all__ = [
     "TEMP_MARKER",
@@ -93,15 +94,9 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 _MAX_NAME_BYTES_IN_TEMP = 200
 _READ_CHUNK = 1 << 20
 _OPEN_EXISTING_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_OPEN_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _CREATE_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_NAME_ATTEMPTS = 8
 """Fresh names tried when one is taken: 64 random bits collide only if someone planted it."""
-_MAX_SYMLINKS = 40
-"""As the kernel's MAXSYMLINKS: more symlinks than this on one path is a loop."""
-_MAX_FOLDER_RACES = 16
-"""How often a folder may vanish or appear under our feet before we give up."""
-_RACES = "it keeps appearing and vanishing while we open it"
 _KINDS = {
     stat.S_IFDIR: "a directory",
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -216,7 +211,7 @@ def write_file(spec: FileSpec, data: bytes) -> WriteOutcome:
     """
     destination = spec.destination
     uid, gid = _resolve_ids(spec)
-    folder_fd = _open_folder(destination, _NewFolders(_folder_mode(spec.mode), uid, gid))
+    folder_fd = _open_folder(destination, NewFolders(_folder_mode(spec.mode), uid, gid))
     assert folder_fd is not None  # created when missing
     try:
         existing = _open_existing(folder_fd, destination)
@@ -359,15 +354,6 @@ def _resolve_ids(spec: FileSpec) -> tuple[int | None, int | None]:
 # -- folders -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _NewFolders:
-    """How `_open_folder` makes a missing folder: exact mode, the file's owner."""
-
-    mode: int
-    uid: int | None
-    gid: int | None
-
-
 def _folder_mode(file_mode: int) -> int:
     """rwx for the owner, plus r-x for group/others only where the file grants them something.
 
@@ -382,162 +368,14 @@ def _folder_mode(file_mode: int) -> int:
     return mode
 
 
-def _writable_by_others(st: os.stat_result) -> bool:
-    return bool(st.st_mode & stat.S_IWOTH)
-
-
 def _open_folder(
-    destination: Path, make: _NewFolders | None = None, exposed: list[Path] | None = None
+    destination: Path, make: NewFolders | None = None, exposed: list[Path] | None = None
 ) -> int | None:
-    """A descriptor on `destination`'s folder, reached one component at a time from `/`.
-
-    Each component is opened `O_NOFOLLOW` relative to the one before, so what
-    we check is what we open. A symlink is read and its target walked the same
-    way (as the kernel resolves it), if `_trusted_symlink` allows. A missing
-    folder is made when `make` is given (mode set exactly whatever the umask,
-    the spec's owner/group so the service can reach its file; existing folders
-    are never changed), else the answer is None. `exposed` collects the
-    folders `folders_writable_by_others` warns about.
-    """
-    todo = list(destination.parent.parts)
-    fd, here = -1, Path("/")
-    links = races = 0
-    traversed: list[tuple[Path, os.stat_result]] = []
+    """`folders.open_folder` on the destination's folder, its errors naming the destination."""
     try:
-        while todo:
-            name = todo.pop(0)
-            if name == ".":
-                continue
-            there = Path("/") if name == "/" else here.parent if name == ".." else here / name
-            try:
-                if name == "/":
-                    child = os.open("/", _OPEN_FOLDER_FLAGS)
-                else:
-                    child = os.open(name, _OPEN_FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
-            except FileNotFoundError:
-                if make is None:
-                    _note_exposed(traversed, exposed, reached=False)
-                    return None
-                if not _make_folder(fd, name, there, make, destination):
-                    races = _count(races, _MAX_FOLDER_RACES, _RACES, there, destination)
-                todo.insert(0, name)  # made, by us or by someone else meanwhile: open it
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise WriteError(destination, _reason(f"opening folder {there}", exc)) from exc
-                target = _symlink_target(fd, traversed[-1][1], name, there, destination, exc)
-                if target is None:
-                    races = _count(races, _MAX_FOLDER_RACES, _RACES, there, destination)
-                    todo.insert(0, name)  # it vanished meanwhile: look again
-                else:
-                    links = _count(links, _MAX_SYMLINKS, "too many symlinks", there, destination)
-                    todo[:0] = target.parts
-                continue
-            if fd >= 0:
-                os.close(fd)
-            fd, here = child, there
-            traversed.append((here, os.fstat(fd)))
-        _note_exposed(traversed, exposed, reached=True)
-        opened, fd = fd, -1
-        return opened
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _note_exposed(
-    traversed: list[tuple[Path, os.stat_result]], exposed: list[Path] | None, reached: bool
-) -> None:
-    """Add to `exposed` the folders others can write to that matter (see the public function).
-
-    `reached`: whether the last folder traversed is the destination's own.
-    """
-    if exposed is None:
-        return
-    for index, (path, st) in enumerate(traversed):
-        own = reached and index == len(traversed) - 1
-        if _writable_by_others(st) and (own or not st.st_mode & stat.S_ISVTX):
-            exposed.append(path)
-
-
-def _count(count: int, limit: int, too_many: str, there: Path, destination: Path) -> int:
-    """One more symlink followed or race lost on the way to `there`; over `limit` is an error."""
-    if count >= limit:
-        raise WriteError(destination, f"opening folder {there}: {too_many}")
-    return count + 1
-
-
-def _make_folder(
-    parent_fd: int, name: str, path: Path, make: _NewFolders, destination: Path
-) -> bool:
-    """mkdir with the exact mode and owner; False when someone else made `name` first."""
-    try:
-        os.mkdir(name, 0o700, dir_fd=parent_fd)
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        raise WriteError(destination, _reason(f"creating folder {path}", exc)) from exc
-    try:
-        new_fd = os.open(name, _OPEN_FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
-        try:
-            if make.uid is not None or make.gid is not None:
-                os.fchown(
-                    new_fd,
-                    -1 if make.uid is None else make.uid,
-                    -1 if make.gid is None else make.gid,
-                )
-            os.fchmod(new_fd, make.mode)
-        finally:
-            os.close(new_fd)
-        os.fsync(parent_fd)
-    except OSError as exc:
-        raise WriteError(destination, _reason(f"setting up new folder {path}", exc)) from exc
-    return True
-
-
-def _symlink_target(
-    parent_fd: int,
-    parent_st: os.stat_result,
-    name: str,
-    path: Path,
-    destination: Path,
-    opening: OSError,
-) -> PurePosixPath | None:
-    """Where the symlink `name` points, if it may be followed; None if it vanished.
-
-    `opening` is why opening `name` as a folder failed: raised as it is when
-    `name` is not a symlink (a file where a folder should be).
-    """
-    try:
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        if not stat.S_ISLNK(st.st_mode):
-            raise WriteError(destination, _reason(f"opening folder {path}", opening)) from opening
-        if not _trusted_symlink(parent_st, st):
-            raise WriteError(
-                destination,
-                f"{path} is a symlink in a folder other users can write to: not followed "
-                "(write the real folder's path in the config)",
-            )
-        return PurePosixPath(os.readlink(name, dir_fd=parent_fd))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise WriteError(destination, _reason(f"reading symlink {path}", exc)) from exc
-
-
-def _trusted_symlink(folder: os.stat_result, link: os.stat_result) -> bool:
-    """The kernel's `fs.protected_symlinks` rule, applied whatever the host's setting.
-
-    In a folder others can write to, a symlink is followed only if the folder
-    is sticky (so others cannot replace entries they do not own) and the link
-    belongs to root, to us, or to the folder's owner. Anywhere else the folder's
-    owner put it there, and it is followed as usual (/var/run -> /run).
-    """
-    if not _writable_by_others(folder):
-        return True
-    if not folder.st_mode & stat.S_ISVTX:
-        return False
-    return link.st_uid in (0, os.geteuid(), folder.st_uid)
+        return open_folder(destination.parent, make, exposed)
+    except FolderError as exc:
+        raise WriteError(destination, exc.reason) from exc
 
 
 # -- temporary files -----------------------------------------------------------
