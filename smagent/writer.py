@@ -133,7 +133,7 @@ class WriteOutcome(enum.Enum):
     """What `write_file` did (or, from `compare`, would do)."""
 
     WRITTEN = "written"
-    """Bytes changed, or the file was missing or a symlink: atomically replaced."""
+    """Bytes changed, or the file was missing, a symlink or hard-linked: atomically replaced."""
     UNCHANGED = "unchanged"
     """Same bytes and right metadata: the file was not touched at all."""
     METADATA_FIXED = "metadata_fixed"
