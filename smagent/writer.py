@@ -454,7 +454,10 @@ def _remove_if_dead(folder_fd: int, name: str) -> bool | None:
             return None
         if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
             return None
-        os.unlink(name, dir_fd=folder_fd)  # still under our lock: no writer can be using it
+        try:
+            os.unlink(name, dir_fd=folder_fd)  # under our lock: no writer can be using it
+        except FileNotFoundError:
+            return None  # its writer gave the name up while we held the lock
         return True
     finally:
         os.close(fd)

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from smagent.writer import TEMP_MARKER
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, flock_held, run_cli
 
 TEMPLATES = 12
 FILLER = "a line of static text, the same in every version of the file\n"
@@ -100,7 +100,8 @@ def test_start_up_clean_up_keeps_a_live_writers_temp_file(tmp_path: Path) -> Non
         while not caught and writer.poll() is None and time.monotonic() < deadline:
             if out.is_dir() and temp_files(out):
                 with stopped(writer):
-                    caught = temp_files(out)  # still there while it is frozen?
+                    # Caught mid-write: a temp file that exists and is locked while it is frozen.
+                    caught = [name for name in temp_files(out) if flock_held(out / name)]
                     if caught:
                         other = run_cli("--config", configs["a"], "render", "--once")
             time.sleep(0.001)

@@ -35,7 +35,7 @@ from smagent.writer import (
     write_file,
     write_file_async,
 )
-from tests.conftest import finishes_within, special_file
+from tests.conftest import finishes_within, flock_held, special_file
 
 CANARY = b"CANARY-s3cr3t-7f1d"
 UNKNOWN_NAME = "smagent-no-such-account"
@@ -544,32 +544,138 @@ def test_clean_up_keeps_a_live_writers_temp_file_and_removes_it_once_killed(
         stderr=subprocess.PIPE,
         text=True,
     ) as child:
-        assert child.stdout is not None
-        assert "ready\n" == child.stdout.readline(), child.communicate()[1]
-        frozen: list[Path] = []
-        deadline = time.monotonic() + 30
-        while not frozen and time.monotonic() < deadline:
-            child.send_signal(signal.SIGSTOP)
-            frozen = [p for p in tmp_path.iterdir() if TEMP_MARKER in p.name]
-            if not frozen:
-                child.send_signal(signal.SIGCONT)
-                time.sleep(0.002)
-        assert frozen, "never caught the writer with a temp file"
+        try:
+            assert child.stdout is not None
+            assert "ready\n" == child.stdout.readline(), child.communicate()[1]
+            frozen: list[Path] = []
+            deadline = time.monotonic() + 30
+            while not frozen and time.monotonic() < deadline:
+                child.send_signal(signal.SIGSTOP)
+                # Mid-write means its temp file exists and is locked (not between create and lock).
+                frozen = [p for p in tmp_path.iterdir() if TEMP_MARKER in p.name and flock_held(p)]
+                if not frozen:
+                    child.send_signal(signal.SIGCONT)
+                    time.sleep(0.002)
+            assert frozen, "never caught the writer with a temp file"
 
-        (kept,) = clean_stale_temp_files([dest])
-        assert (dest, (), tuple(frozen), None) == (
-            kept.destination,
-            kept.removed,
-            kept.in_use,
-            kept.error,
-        )
-        assert all(p.exists() for p in frozen)
-
-        child.send_signal(signal.SIGKILL)
-        child.communicate()
+            (kept,) = clean_stale_temp_files([dest])
+            assert (dest, (), tuple(frozen), None) == (
+                kept.destination,
+                kept.removed,
+                kept.in_use,
+                kept.error,
+            )
+            assert all(p.exists() for p in frozen)
+        finally:
+            child.kill()  # SIGKILL ends a stopped process too
+            child.communicate()
 
     assert frozen == removed_for(dest)
     assert [] == [p for p in tmp_path.iterdir() if TEMP_MARKER in p.name]
+
+
+_WRITE_ONCE = """
+import sys
+from pathlib import Path
+from smagent.writer import FileSpec, write_file
+print(write_file(FileSpec(Path(sys.argv[1])), b"new content\\n").value, flush=True)
+"""
+
+
+def test_writer_whose_fresh_temp_file_a_cleaner_removed_starts_over(tmp_path: Path) -> None:
+    """A temp file removed by a cleaner between its create and its lock: the write starts over.
+
+    strace delays the writer's first flock by 0.3 s (fault injection), which
+    holds open the instant a concurrent start-up could find the file unlocked.
+    """
+    folder = tmp_path / "out"
+    folder.mkdir()
+    dest = folder / "app.conf"
+    dest.write_bytes(b"old\n")
+    tracer = [strace_or_skip(), "-f", "-qq", "-o", os.devnull, "-e", "trace=flock"]
+    tracer += ["-e", "inject=flock:delay_enter=300000:when=1"]
+    with subprocess.Popen(
+        [*tracer, sys.executable, "-c", _WRITE_ONCE, str(dest)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            deadline = time.monotonic() + 20
+            unlocked: list[Path] = []
+            while not unlocked and child.poll() is None and time.monotonic() < deadline:
+                unlocked = [p for p in folder.iterdir() if TEMP_MARKER in p.name]
+                time.sleep(0.005)
+            assert unlocked, "the writer's temp file never showed up"
+            assert not flock_held(unlocked[0])
+
+            assert unlocked == removed_for(dest)
+            stdout, stderr = child.communicate(timeout=30)
+        finally:
+            child.kill()
+
+    assert (0, "written") == (child.returncode, stdout.strip()), stderr
+    assert b"new content\n" == dest.read_bytes()
+    assert {"app.conf"} == names_in(folder)
+
+
+_CLEAN_ONCE = """
+import json, sys
+from pathlib import Path
+from smagent.writer import clean_stale_temp_files
+(found,) = clean_stale_temp_files([Path(sys.argv[1])])
+print(json.dumps([len(found.removed), len(found.in_use), str(found.error)]))
+"""
+
+
+def test_writer_meeting_a_cleaner_holding_its_temp_file_starts_over(tmp_path: Path) -> None:
+    """A cleaner holding the lock of a writer's fresh temp file: the writer takes a new name.
+
+    strace holds both at the worst instant: the writer's first flock is delayed
+    1.5 s, and the cleaner, which got the lock meanwhile, is delayed 1.5 s
+    before its unlink; so the writer finds the lock taken.
+    """
+    folder = tmp_path / "out"
+    folder.mkdir()
+    dest = folder / "app.conf"
+    dest.write_bytes(b"old\n")
+    strace = strace_or_skip()
+    trace = tmp_path / "writer.strace"
+    slow_lock = [strace, "-f", "-qq", "-o", str(trace), "-e", "trace=flock,openat"]
+    slow_lock += ["-e", "inject=flock:delay_enter=1500000:when=1"]
+    slow_unlink = [strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=unlinkat"]
+    slow_unlink += ["-e", "inject=unlinkat:delay_enter=1500000:when=1"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    with subprocess.Popen(
+        [*slow_lock, sys.executable, "-c", _WRITE_ONCE, str(dest)], **pipes
+    ) as writer:
+        try:
+            deadline = time.monotonic() + 20
+            while writer.poll() is None and time.monotonic() < deadline:
+                if [p for p in folder.iterdir() if TEMP_MARKER in p.name]:
+                    break
+                time.sleep(0.005)
+            cleaner = subprocess.run(
+                [*slow_unlink, sys.executable, "-c", _CLEAN_ONCE, str(dest)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            stdout, stderr = writer.communicate(timeout=30)
+        finally:
+            writer.kill()
+
+    assert (0, "written") == (writer.returncode, stdout.strip()), stderr
+    assert 0 == cleaner.returncode, cleaner.stderr
+    assert [0, 0, "None"] == json.loads(cleaner.stdout)  # it removed nothing in the end
+    calls = trace.read_text().splitlines()
+    creates = [line for line in calls if "O_CREAT" in line and TEMP_MARKER in line]
+    locks = [line.rsplit("= ", 1)[1].split()[:2] for line in calls if " flock(" in line]
+    assert 2 == len(creates), calls  # the first name given up, a second one written
+    assert [["-1", "EAGAIN"], ["0"]] == locks
+    assert b"new content\n" == dest.read_bytes()
+    assert {"app.conf"} == names_in(folder)
 
 
 _COUNT_LISTINGS = """
