@@ -516,3 +516,29 @@ def test_folder_above_writable_by_others_is_warned_unless_sticky(
 
     assert 0 == result.returncode, result.stderr
     assert ([str(ancestor)] if warned else []) == [w["folder"] for w in warnings_of(result.stderr)]
+
+
+async def test_warning_is_given_once_per_pipeline_not_once_per_pass(
+    ws: Workspace, arena: Path
+) -> None:
+    """An agent running pass after pass warns about a folder once, not at every pass."""
+    from structlog.testing import capture_logs
+
+    from smagent.config import load_config
+    from smagent.pipeline import Pipeline
+    from smagent.providers import close_providers, create_providers
+
+    shared = shared_folder(arena, 0o1777)
+    ws.template("t.j2", "x\n", destination=str(shared / "t.conf"))
+    config = load_config(ws.write())
+    providers = create_providers(config.providers)
+    pipeline = Pipeline(config, providers)
+    try:
+        with capture_logs() as logs:
+            for _ in range(3):
+                assert (await pipeline.run()).ok
+    finally:
+        await close_providers(providers)
+
+    warned = [e["folder"] for e in logs if e["event"] == "folder.writable_by_others"]
+    assert [str(shared)] == warned
