@@ -19,6 +19,7 @@ import enum
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from smagent import writer
 from smagent.actions import ActionResult, run_actions
@@ -73,14 +74,48 @@ class Pipeline:
         self.config = config
         self.providers = providers
         self.renderer = Renderer(config)
+        self._warned_folders: set[Path] = set()
+
+    def _prepare_folders(self, templates: Sequence[Template], dry_run: bool) -> None:
+        """Before a pass: warn once about exposed folders; remove dead writers' leftovers.
+
+        A folder others can write to is a standing risk, not an event: one
+        warning per folder for the life of this pipeline, not one per pass.
+        Leftovers are removed only for a real pass (SPEC section 4); a live
+        writer's temporary file (another `render --once` in flight) is kept.
+        """
+        destinations = [template.destination for template in templates]
+        for folder in writer.folders_writable_by_others(destinations):
+            if folder not in self._warned_folders:
+                self._warned_folders.add(folder)
+                log.warning(
+                    "folder.writable_by_others",
+                    folder=str(folder),
+                    hint="other users can replace files written there; "
+                    "make it writable by its owner only",
+                )
+        if dry_run:
+            return
+        names: dict[Path, list[str]] = {}
+        for template in templates:
+            names.setdefault(template.destination, []).append(template.name)
+        for found in writer.clean_stale_temp_files(destinations):
+            template_name = ", ".join(names[found.destination])
+            if found.error is not None:  # the write itself will report the folder's problem
+                log.warning(
+                    "tempfile.cleanup_failed", template=template_name, error=str(found.error)
+                )
+            for path in found.removed:
+                log.warning("tempfile.removed", path=str(path), template=template_name)
+            for path in found.in_use:
+                log.info("tempfile.in_use", path=str(path), template=template_name)
 
     async def run(
         self, templates: Sequence[Template] | None = None, *, dry_run: bool = False
     ) -> PassResult:
         started = time.monotonic()
         chosen = list(self.config.templates if templates is None else templates)
-        if not dry_run:
-            await asyncio.to_thread(_clean_temp_files, chosen)
+        await asyncio.to_thread(self._prepare_folders, chosen, dry_run)
         resolver = Resolver(self.providers, float(self.config.defaults.fetch_timeout))
         outcomes = await self.render_all(chosen, resolver)
         result = PassResult(fetched=resolver.requests)
@@ -199,15 +234,3 @@ def _changed_lines(template: Template, new: bytes) -> tuple[int, ...]:
         elif tag == "delete":
             changed.append(max(j1, 1))  # lines removed after line j1 of the new file
     return tuple(sorted(set(changed)))
-
-
-def _clean_temp_files(templates: Sequence[Template]) -> None:
-    """Leftovers of a crash mid-write are removed before anything else (SPEC section 4)."""
-    for template in templates:
-        try:
-            removed = writer.clean_stale_temp_files(template.destination)
-        except writer.WriteError as exc:  # the write itself will report the folder's problem
-            log.warning("tempfile.cleanup_failed", template=template.name, error=str(exc))
-            continue
-        for path in removed:
-            log.warning("tempfile.removed", path=str(path), template=template.name)

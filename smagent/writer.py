@@ -7,25 +7,42 @@ never a mix, never an empty file, and never a file more permissive than asked.
 
 How one `write_file` goes, and why:
 
-1. Look at what is there, through a descriptor opened with `O_NOFOLLOW`: a
-   symlink counts as "changed" and is replaced by a regular file, never
-   followed, so a symlink planted at the destination cannot redirect secrets
-   into another file. A directory or any other non-regular file is an error.
-2. Same bytes, right metadata -> nothing is touched (same inode, same mtime), so
+1. Open the destination's folder by walking its path one component at a time
+   from `/` (`smagent.folders`), creating missing folders on the way. Every
+   later step works on that folder's descriptor (`dir_fd=`), so a folder
+   renamed or swapped for a symlink meanwhile cannot split a write between two
+   places. A symlink on the path is followed as the kernel would, except one
+   in a folder other users can write to that they could have planted: that
+   is refused, whatever `fs.protected_symlinks` says on this host.
+2. Look at what is at the destination without following it: a symlink counts
+   as "changed" and is replaced by a regular file, never followed, so a symlink
+   planted there cannot redirect secrets into another file. A directory, FIFO,
+   socket or device is an error (never opened: opening a FIFO could hang, a
+   device could act). A file with other hard links is rewritten, never changed
+   in place, so a link planted at the destination never alters the other file.
+3. Same bytes, right metadata -> nothing is touched (same inode, same mtime), so
    reload actions keyed on "file written" do not fire for nothing. Same bytes,
    wrong mode/owner -> fixed in place with `fchmod`/`fchown` on that descriptor.
-3. Otherwise write a temporary sibling (same folder, hence same filesystem, so
-   the rename is atomic): created `O_EXCL|O_NOFOLLOW` with `mode` (the umask can
-   only remove bits), `fchmod` to exactly `mode`, `fchown`, data, `fsync`, then
-   `rename` over the destination and `fsync` the folder so the rename itself
-   survives a power cut. Any failure removes the temporary file, and the old
-   destination is left exactly as it was.
+4. Otherwise write a temporary sibling (same folder, hence same filesystem, so
+   the rename is atomic) under an unpredictable name: created
+   `O_EXCL|O_NOFOLLOW` with `mode` (the umask can only remove bits), locked
+   (`flock`), `fchmod` to exactly `mode`, `fchown`, data, `fsync`, then `rename`
+   over the destination and `fsync` the folder so the rename itself survives a
+   power cut. Any failure removes the temporary file, and the old destination
+   is left exactly as it was. Two writers of one destination each rename a
+   complete file: the last one wins, neither sees an error.
 
 A crash (SIGKILL, power loss) between creating and renaming the temporary file
 leaves it behind; its name is recognisable (`.NAME.smagent-tmp-<16 hex>`), and
-`clean_stale_temp_files` removes those of one destination at the next start.
-Cleaning is not done inside `write_file`, because another writer of the same
-destination could be mid-write at that moment.
+`clean_stale_temp_files` removes those of a pass's destinations at its start.
+Only leftovers of dead writers are removed: a writer holds an exclusive `flock`
+on its temporary file from creation until the rename, the kernel drops it when
+the writer dies however it dies, and the cleaner removes a file only while it
+holds that lock itself. So two runs on the same destinations (two `render
+--once`, or an agent and a one-shot run) never delete each other's files in
+flight. `flock` rather than `fcntl` record locks because a second descriptor conflicts
+even inside one process (an agent cleaning while one of its own writes is in
+flight); the descriptor is O_CLOEXEC, so an action's process never holds it.
 
 Nothing here logs, and no error message ever holds file content: errors name
 the destination and the cause only (`WriteError`).
@@ -37,25 +54,29 @@ import asyncio
 import contextlib
 import enum
 import errno
+import fcntl
 import grp
 import hashlib
 import os
 import pwd
-import re
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from smagent.folders import FolderError, NewFolders, open_folder
 
 __all__ = [
     "TEMP_MARKER",
     "FileSpec",
+    "Leftovers",
     "UnknownOwnerError",
     "WriteError",
     "WriteOutcome",
     "clean_stale_temp_files",
     "compare",
+    "folders_writable_by_others",
     "resolve_group",
     "resolve_owner",
     "temp_path_for",
@@ -67,13 +88,22 @@ TEMP_MARKER = ".smagent-tmp-"
 """What every temporary file name holds: `.{destination name}{TEMP_MARKER}{16 hex}`."""
 
 _RANDOM_HEX_CHARS = 16
+_HEX_DIGITS = frozenset("0123456789abcdef")
 # NAME_MAX is 255 bytes on every Linux filesystem we target; the temporary name
 # adds 1 + len(TEMP_MARKER) + 16 = 30 bytes, so longer names are shortened.
 _MAX_NAME_BYTES_IN_TEMP = 200
 _READ_CHUNK = 1 << 20
 _OPEN_EXISTING_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_OPEN_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _CREATE_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_NAME_ATTEMPTS = 8
+"""Fresh names tried when one is taken: 64 random bits collide only if someone planted it."""
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +133,7 @@ class WriteOutcome(enum.Enum):
     """What `write_file` did (or, from `compare`, would do)."""
 
     WRITTEN = "written"
-    """Bytes changed, or the file was missing or a symlink: atomically replaced."""
+    """Bytes changed, or the file was missing, a symlink or hard-linked: atomically replaced."""
     UNCHANGED = "unchanged"
     """Same bytes and right metadata: the file was not touched at all."""
     METADATA_FIXED = "metadata_fixed"
@@ -145,7 +175,7 @@ def resolve_group(group: str | int | None) -> int | None:
 
 
 def temp_path_for(destination: Path) -> Path:
-    """A fresh temporary path next to `destination`, recognisable by `clean_stale_temp_files`."""
+    """A fresh, unpredictable temporary path next to `destination`, recognisable by the cleaner."""
     return destination.parent / f"{_temp_prefix(destination.name)}{secrets.token_hex(8)}"
 
 
@@ -158,12 +188,9 @@ def compare(spec: FileSpec, data: bytes) -> WriteOutcome:
     """
     destination = spec.destination
     uid, gid = _resolve_ids(spec)
-    try:
-        folder_fd = os.open(destination.parent, _OPEN_FOLDER_FLAGS)
-    except FileNotFoundError:
+    folder_fd = _open_folder(destination)
+    if folder_fd is None:
         return WriteOutcome.WRITTEN  # write_file would create the folder
-    except OSError as exc:
-        raise WriteError(destination, _reason(f"opening folder {destination.parent}", exc)) from exc
     try:
         existing = _open_existing(folder_fd, destination)
         if existing is None:
@@ -184,7 +211,8 @@ def write_file(spec: FileSpec, data: bytes) -> WriteOutcome:
     """
     destination = spec.destination
     uid, gid = _resolve_ids(spec)
-    folder_fd = _open_or_make_folder(destination, spec.mode, uid, gid)
+    folder_fd = _open_folder(destination, NewFolders(_folder_mode(spec.mode), uid, gid))
+    assert folder_fd is not None  # created when missing
     try:
         existing = _open_existing(folder_fd, destination)
         if existing is not None:
@@ -208,38 +236,59 @@ async def write_file_async(spec: FileSpec, data: bytes) -> WriteOutcome:
     return await asyncio.to_thread(write_file, spec, data)
 
 
-def clean_stale_temp_files(destination: Path) -> list[Path]:
-    """Remove temporary files that a crashed run left for `destination`; return them.
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """What `clean_stale_temp_files` found beside one destination."""
 
-    Only regular files in the destination's folder whose names match this
-    destination's temporary pattern exactly are removed: other files and other
-    destinations' temporary files stay. A missing folder has nothing to clean.
+    destination: Path
+    removed: tuple[Path, ...] = ()
+    """Temporary files of writers that died mid-write: removed."""
+    in_use: tuple[Path, ...] = ()
+    """Temporary files a live writer (this process or another) is writing: kept."""
+    error: WriteError | None = None
+    """The folder could not be listed or a leftover not removed; the write reports its own."""
+
+
+def clean_stale_temp_files(destinations: Iterable[Path]) -> list[Leftovers]:
+    """Remove the temporary files that dead writers left beside `destinations`.
+
+    Each folder is listed once, however many destinations it holds. Only
+    regular files whose names match one of the destinations' temporary
+    pattern exactly are candidates (other files and other destinations'
+    temporary files stay), and a candidate is removed only while this call
+    holds its `flock`: a writer still alive holds it, so its file is kept.
+    One Leftovers per destination, in the order given; a missing folder has
+    nothing to clean.
     """
-    folder = destination.parent
-    pattern = re.compile(
-        re.escape(_temp_prefix(destination.name)) + f"[0-9a-f]{{{_RANDOM_HEX_CHARS}}}"
-    )
-    removed: list[Path] = []
-    try:
-        with os.scandir(folder) as entries:
-            candidates = [
-                Path(entry.path)
-                for entry in entries
-                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
-            ]
-    except FileNotFoundError:
-        return removed
-    except OSError as exc:
-        raise WriteError(destination, _reason(f"listing folder {folder}", exc)) from exc
-    for path in sorted(candidates):
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue  # removed by someone else meanwhile
-        except OSError as exc:
-            raise WriteError(destination, _reason(f"removing stale {path.name}", exc)) from exc
-        removed.append(path)
-    return removed
+    wanted = list(destinations)
+    by_folder: dict[Path, dict[str, Path]] = {}
+    for destination in wanted:
+        by_folder.setdefault(destination.parent, {})[_temp_prefix(destination.name)] = destination
+    found: dict[Path, Leftovers] = {}
+    for prefixes in by_folder.values():
+        found.update(_clean_folder(prefixes))
+    return [found[destination] for destination in dict.fromkeys(wanted)]
+
+
+def folders_writable_by_others(destinations: Iterable[Path]) -> list[Path]:
+    """The folders on the destinations' paths that let other users replace what we write.
+
+    That is a destination's own folder when others may write to it (sticky or
+    not: they can plant names before we write), and any folder above it that
+    others may write to without the sticky bit (they can swap the folders
+    below). Folders that do not exist yet are not looked at; a folder that
+    cannot be opened is left to the write to report.
+    """
+    one_per_folder = {destination.parent: destination for destination in destinations}
+    exposed: dict[Path, None] = {}
+    for destination in one_per_folder.values():
+        seen: list[Path] = []
+        with contextlib.suppress(WriteError):
+            fd = _open_folder(destination, exposed=seen)
+            if fd is not None:
+                os.close(fd)
+        exposed.update(dict.fromkeys(seen))
+    return list(exposed)
 
 
 # -- the pure decision ---------------------------------------------------------
@@ -248,8 +297,12 @@ def clean_stale_temp_files(destination: Path) -> list[Path]:
 def _decide(
     current: os.stat_result, same_bytes: bool, mode: int, uid: int | None, gid: int | None
 ) -> WriteOutcome:
-    """Whether an existing regular file needs rewriting, a metadata fix, or nothing."""
-    if not same_bytes:
+    """Whether an existing regular file needs rewriting, a metadata fix, or nothing.
+
+    A file with other hard links is rewritten (a fresh inode by rename): fixing
+    its mode or owner in place would change the other names' file too.
+    """
+    if not same_bytes or current.st_nlink != 1:
         return WriteOutcome.WRITTEN
     if (
         stat.S_IMODE(current.st_mode) != mode
@@ -298,7 +351,160 @@ def _resolve_ids(spec: FileSpec) -> tuple[int | None, int | None]:
         raise WriteError(spec.destination, str(exc)) from exc
 
 
-# -- I/O -----------------------------------------------------------------------
+# -- folders -------------------------------------------------------------------
+
+
+def _folder_mode(file_mode: int) -> int:
+    """rwx for the owner, plus r-x for group/others only where the file grants them something.
+
+    0600 -> 0700, 0640 -> 0750, 0644 -> 0755: a new folder never shows more than
+    its file does, and never hides a file from a reader its mode allows.
+    """
+    mode = 0o700
+    if file_mode & 0o070:
+        mode |= 0o050
+    if file_mode & 0o007:
+        mode |= 0o005
+    return mode
+
+
+def _open_folder(
+    destination: Path, make: NewFolders | None = None, exposed: list[Path] | None = None
+) -> int | None:
+    """`folders.open_folder` on the destination's folder, its errors naming the destination."""
+    try:
+        return open_folder(destination.parent, make, exposed)
+    except FolderError as exc:
+        raise WriteError(destination, exc.reason) from exc
+
+
+# -- temporary files -----------------------------------------------------------
+
+
+def _temp_owner(prefixes: dict[str, Path], name: str) -> Path | None:
+    """The destination whose temporary pattern `name` matches exactly, if any."""
+    random_part = name[-_RANDOM_HEX_CHARS:]
+    if len(name) <= _RANDOM_HEX_CHARS or not _HEX_DIGITS.issuperset(random_part):
+        return None
+    return prefixes.get(name[:-_RANDOM_HEX_CHARS])
+
+
+def _clean_folder(prefixes: dict[str, Path]) -> dict[Path, Leftovers]:
+    """One folder's part of `clean_stale_temp_files`: one listing, then one lock per candidate."""
+    any_destination = next(iter(prefixes.values()))
+    folder = any_destination.parent
+    removed: dict[Path, list[Path]] = {d: [] for d in prefixes.values()}
+    in_use: dict[Path, list[Path]] = {d: [] for d in prefixes.values()}
+    try:
+        folder_fd = _open_folder(any_destination)
+    except WriteError as exc:
+        return {d: Leftovers(d, error=WriteError(d, exc.reason)) for d in prefixes.values()}
+    if folder_fd is None:
+        return {d: Leftovers(d) for d in prefixes.values()}
+    errors: dict[Path, WriteError] = {}
+    try:
+        with os.scandir(folder_fd) as entries:
+            candidates = sorted(
+                (entry.name, owner)
+                for entry in entries
+                if (owner := _temp_owner(prefixes, entry.name)) is not None
+                and entry.is_file(follow_symlinks=False)
+            )
+        for name, owner in candidates:
+            try:
+                dead = _remove_if_dead(folder_fd, name)
+            except OSError as exc:
+                errors.setdefault(owner, WriteError(owner, _reason(f"removing stale {name}", exc)))
+                continue
+            if dead is not None:
+                (removed if dead else in_use)[owner].append(folder / name)
+    except OSError as exc:
+        error = _reason(f"listing folder {folder}", exc)
+        return {d: Leftovers(d, error=WriteError(d, error)) for d in prefixes.values()}
+    finally:
+        os.close(folder_fd)
+    return {
+        d: Leftovers(d, tuple(removed[d]), tuple(in_use[d]), errors.get(d))
+        for d in prefixes.values()
+    }
+
+
+def _remove_if_dead(folder_fd: int, name: str) -> bool | None:
+    """Remove `name` if no live writer holds its lock: True removed, False in use, None gone."""
+    try:
+        fd = os.open(name, _OPEN_EXISTING_FLAGS, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return None  # renamed into place or removed meanwhile
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None  # replaced by a symlink: not a file of ours
+        raise
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # Locked: its writer is dead, or finished (renamed) since we listed it.
+        try:
+            now = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+            return None
+        try:
+            os.unlink(name, dir_fd=folder_fd)  # under our lock: no writer can be using it
+        except FileNotFoundError:
+            return None  # its writer gave the name up while we held the lock
+        return True
+    finally:
+        os.close(fd)
+
+
+def _create_temp(folder_fd: int, destination: Path, mode: int) -> tuple[int, str]:
+    """A new, empty, locked temporary file beside `destination`: (descriptor, name).
+
+    `O_EXCL|O_NOFOLLOW`: a name someone planted (a symlink, a file) is never
+    opened, only skipped for a fresh one. The lock is taken right after the
+    create; a cleaner that got in between holds the lock (we skip the name) or
+    has already unlinked the file (`st_nlink` 0: we skip it too).
+    """
+    for _ in range(_TEMP_NAME_ATTEMPTS):
+        name = temp_path_for(destination).name
+        # Created with mode & ~umask, a subset of mode: never more permissive.
+        fd = _retry_on_eexist(folder_fd, name, mode)
+        if fd is None:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=folder_fd)
+            os.close(fd)
+            continue
+        except OSError:
+            pass  # no locks on this filesystem: write anyway; the cleaner will keep the file
+        if os.fstat(fd).st_nlink == 0:
+            os.close(fd)
+            continue
+        return fd, name
+    raise WriteError(
+        destination,
+        f"creating a temporary file in {destination.parent}: "
+        f"{_TEMP_NAME_ATTEMPTS} fresh random names were all taken",
+    )
+
+
+def _retry_on_eexist(folder_fd: int, name: str, mode: int) -> int | None:
+    try:
+        return os.open(name, _CREATE_TEMP_FLAGS, mode, dir_fd=folder_fd)
+    except FileExistsError:
+        return None
+
+
+# -- the write -----------------------------------------------------------------
 
 
 def _reason(step: str, exc: OSError) -> str:
@@ -308,21 +514,45 @@ def _reason(step: str, exc: OSError) -> str:
 
 
 def _open_existing(folder_fd: int, destination: Path) -> int | None:
-    """A read descriptor on the regular file at `destination`, or None if missing or a symlink."""
+    """A read descriptor on the regular file at `destination`, or None if missing or a symlink.
+
+    What is there is looked at (lstat) before it is opened: a FIFO, socket or
+    device is reported without being opened.
+    """
+    name = destination.name
     try:
-        fd = os.open(destination.name, _OPEN_EXISTING_FLAGS, dir_fd=folder_fd)
+        st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink: replace it, never follow it
+        raise WriteError(destination, _reason("looking at the existing file", exc)) from exc
+    if stat.S_ISLNK(st.st_mode):
+        return None  # replaced, never followed
+    _require_regular(st, destination)
+    try:
+        fd = os.open(name, _OPEN_EXISTING_FLAGS, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # swapped for a symlink meanwhile: replace it
             return None
         raise WriteError(destination, _reason("opening the existing file", exc)) from exc
-    kind = stat.S_IFMT(os.fstat(fd).st_mode)
-    if kind != stat.S_IFREG:
+    try:
+        _require_regular(os.fstat(fd), destination)
+    except BaseException:
         os.close(fd)
-        what = "a directory" if kind == stat.S_IFDIR else "not a regular file"
-        raise WriteError(destination, f"the destination is {what}")
+        raise
     return fd
+
+
+def _require_regular(st: os.stat_result, destination: Path) -> None:
+    kind = stat.S_IFMT(st.st_mode)
+    if kind != stat.S_IFREG:
+        what = _KINDS.get(kind, "of an unknown kind")
+        raise WriteError(
+            destination,
+            f"the destination is {what}, not a regular file: remove it or choose another path",
+        )
 
 
 def _examine(fd: int, destination: Path, data: bytes) -> tuple[os.stat_result, bool]:
@@ -353,91 +583,19 @@ def _fix_metadata(fd: int, destination: Path, mode: int, uid: int | None, gid: i
         raise WriteError(destination, _reason("fixing mode/owner in place", exc)) from exc
 
 
-def _folder_mode(file_mode: int) -> int:
-    """rwx for the owner, plus r-x for group/others only where the file grants them something.
-
-    0600 -> 0700, 0640 -> 0750, 0644 -> 0755: a new folder never shows more than
-    its file does, and never hides a file from a reader its mode allows.
-    """
-    mode = 0o700
-    if file_mode & 0o070:
-        mode |= 0o050
-    if file_mode & 0o007:
-        mode |= 0o005
-    return mode
-
-
-def _open_or_make_folder(
-    destination: Path, file_mode: int, uid: int | None, gid: int | None
-) -> int:
-    """Open the destination's folder, creating missing folders first.
-
-    Creating them saves a deploy step for paths like /etc/pgbouncer/secrets/,
-    but a folder made by root with the process umask could be world-listable or
-    unreachable for the service. So new folders get a mode derived from the
-    file's (`_folder_mode`: 0700 for the default 0600), set exactly whatever the
-    umask, and the spec's owner/group, so the service can reach its file.
-    Existing folders are never changed.
-    """
-    folder = destination.parent
-    missing: list[Path] = []
-    probe = folder
-    while True:
-        try:
-            os.stat(probe)
-            break
-        except FileNotFoundError:
-            missing.append(probe)
-            probe = probe.parent
-        except OSError as exc:
-            raise WriteError(destination, _reason(f"opening folder {probe}", exc)) from exc
-    dir_mode = _folder_mode(file_mode)
-    for new in reversed(missing):
-        try:
-            os.mkdir(new, 0o700)
-        except FileExistsError:
-            continue  # made meanwhile by someone else: theirs, leave it
-        except OSError as exc:
-            raise WriteError(destination, _reason(f"creating folder {new}", exc)) from exc
-        try:
-            new_fd = os.open(new, _OPEN_FOLDER_FLAGS | os.O_NOFOLLOW)
-            try:
-                if uid is not None or gid is not None:
-                    os.fchown(new_fd, -1 if uid is None else uid, -1 if gid is None else gid)
-                os.fchmod(new_fd, dir_mode)
-            finally:
-                os.close(new_fd)
-            _fsync_folder(new.parent)
-        except OSError as exc:
-            raise WriteError(destination, _reason(f"setting up new folder {new}", exc)) from exc
-    try:
-        return os.open(folder, _OPEN_FOLDER_FLAGS)
-    except OSError as exc:
-        raise WriteError(destination, _reason(f"opening folder {folder}", exc)) from exc
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, _OPEN_FOLDER_FLAGS)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace_atomically(
     folder_fd: int, destination: Path, data: bytes, mode: int, uid: int | None, gid: int | None
 ) -> None:
-    """Temporary sibling -> exact mode -> owner -> data -> fsync -> rename -> fsync folder."""
+    """Locked temporary sibling -> exact mode -> owner -> data -> fsync -> rename -> fsync folder.
+
+    The temporary file stays open (so locked) until it has been renamed: a
+    cleaner never sees it unlocked while it still has its temporary name.
+    """
     folder = destination.parent
-    temp_name = temp_path_for(destination).name
-    fd = -1
-    temp_exists = False
-    step = f"creating a temporary file in {folder}"
+    fd, temp_name = _create_temp(folder_fd, destination, mode)
+    temp_exists = True
+    step = "setting the temporary file's mode"
     try:
-        # Created with mode & ~umask, a subset of mode: never more permissive.
-        fd = os.open(temp_name, _CREATE_TEMP_FLAGS, mode, dir_fd=folder_fd)
-        temp_exists = True
-        step = "setting the temporary file's mode"
         os.fchmod(fd, mode)
         if uid is not None or gid is not None:
             step = "setting the temporary file's owner"
@@ -451,12 +609,12 @@ def _replace_atomically(
             written += os.write(fd, view[written:])
         step = "syncing the temporary file"
         os.fsync(fd)
-        step = "closing the temporary file"
-        closing, fd = fd, -1
-        os.close(closing)
         step = "renaming the temporary file over the destination"
         os.replace(temp_name, destination.name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
         temp_exists = False
+        closing, fd = fd, -1
+        with contextlib.suppress(OSError):  # the data are fsynced: close cannot lose them now
+            os.close(closing)
         step = f"syncing folder {folder} (the new file is in place)"
         os.fsync(folder_fd)
     except OSError as exc:
@@ -468,10 +626,13 @@ def _replace_atomically(
 
 
 def _discard(fd: int, folder_fd: int, temp_name: str | None) -> None:
-    """Best-effort clean-up after a failed write; the original error is what matters."""
-    if fd >= 0:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    """Best-effort clean-up after a failed write; the original error is what matters.
+
+    Unlink before close: the file goes while we still hold its lock.
+    """
     if temp_name is not None:
         with contextlib.suppress(OSError):
             os.unlink(temp_name, dir_fd=folder_fd)
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -230,6 +230,17 @@ def special_file(path: Path, kind: str) -> Iterator[Path]:
             os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
 
+def flock_held(path: Path) -> bool:
+    """Whether some process holds a `flock` on the file at `path` (per /proc/locks)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as locks:
+        return any(line.split()[1] == "FLOCK" and inode in line.split() for line in locks)
+
+
 class Workspace:
     """A config folder in tmp_path: secrets file, templates, config, output folder."""
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import random
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -20,6 +23,7 @@ import pytest
 from smagent.writer import (
     TEMP_MARKER,
     FileSpec,
+    Leftovers,
     UnknownOwnerError,
     WriteError,
     WriteOutcome,
@@ -31,7 +35,7 @@ from smagent.writer import (
     write_file,
     write_file_async,
 )
-from tests.conftest import finishes_within, special_file
+from tests.conftest import finishes_within, flock_held, special_file
 
 CANARY = b"CANARY-s3cr3t-7f1d"
 UNKNOWN_NAME = "smagent-no-such-account"
@@ -62,6 +66,13 @@ def fingerprint(path: Path) -> tuple[int, ...]:
 
 def snapshot(folder: Path) -> dict[str, tuple[int, ...]]:
     return {p.name: fingerprint(p) for p in folder.iterdir()}
+
+
+def removed_for(dest: Path) -> list[Path]:
+    """The leftovers `clean_stale_temp_files` removes for one destination; fails on an error."""
+    (found,) = clean_stale_temp_files([dest])
+    assert None is found.error
+    return list(found.removed)
 
 
 def service_account() -> tuple[str, int, str, int]:
@@ -436,14 +447,16 @@ def test_clean_stale_temp_files_removes_only_this_destinations(tmp_path: Path) -
     (tmp_path / temp_path_for(dest).name).mkdir()  # a folder is never ours to remove
     expected_left = names_in(tmp_path) - {p.name for p in mine}
 
-    assert sorted(mine) == sorted(clean_stale_temp_files(dest))
+    assert sorted(mine) == sorted(removed_for(dest))
     assert expected_left == names_in(tmp_path)
-    assert [] == clean_stale_temp_files(dest)
+    assert [] == removed_for(dest)
 
 
 def test_clean_stale_temp_files_in_missing_folder_returns_nothing(tmp_path: Path) -> None:
     """A destination whose folder does not exist has nothing to clean."""
-    assert [] == clean_stale_temp_files(tmp_path / "missing" / "app.conf")
+    dest = tmp_path / "missing" / "app.conf"
+
+    assert [Leftovers(dest)] == clean_stale_temp_files([dest])
 
 
 def test_temp_name_is_recognisable_and_next_to_destination(tmp_path: Path) -> None:
@@ -468,7 +481,7 @@ def test_long_destination_name_still_gets_a_temp_file_that_fits(tmp_path: Path) 
     stale.write_bytes(b"x")
     other = temp_path_for(tmp_path / ("n" * 251))
     other.write_bytes(b"x")
-    assert [stale] == clean_stale_temp_files(dest)
+    assert [stale] == removed_for(dest)
     assert other.exists()
 
 
@@ -512,11 +525,332 @@ def test_sigkill_at_any_moment_leaves_old_or_new_file(tmp_path: Path) -> None:
 
         content = dest.read_bytes()
         seen.append("old" if content == old else "new" if content == new else "MIXED")
-        temp_files_found += len(clean_stale_temp_files(dest))
+        temp_files_found += len(removed_for(dest))
         assert {"big.conf"} == names_in(tmp_path)
 
     assert [] == [kind for kind in seen if kind == "MIXED"]
     assert temp_files_found >= 1  # at least one kill really landed mid-write
+
+
+def test_clean_up_keeps_a_live_writers_temp_file_and_removes_it_once_killed(
+    tmp_path: Path,
+) -> None:
+    """A writer frozen mid-write keeps its temp file through a clean-up; once killed, it goes."""
+    size = 20_000_000
+    dest = tmp_path / "big.conf"
+    with subprocess.Popen(
+        [sys.executable, "-c", _CRASH_CHILD, str(dest), str(size)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert "ready\n" == child.stdout.readline(), child.communicate()[1]
+            frozen: list[Path] = []
+            deadline = time.monotonic() + 30
+            while not frozen and time.monotonic() < deadline:
+                child.send_signal(signal.SIGSTOP)
+                # Mid-write means its temp file exists and is locked (not between create and lock).
+                frozen = [p for p in tmp_path.iterdir() if TEMP_MARKER in p.name and flock_held(p)]
+                if not frozen:
+                    child.send_signal(signal.SIGCONT)
+                    time.sleep(0.002)
+            assert frozen, "never caught the writer with a temp file"
+
+            (kept,) = clean_stale_temp_files([dest])
+            assert (dest, (), tuple(frozen), None) == (
+                kept.destination,
+                kept.removed,
+                kept.in_use,
+                kept.error,
+            )
+            assert all(p.exists() for p in frozen)
+        finally:
+            child.kill()  # SIGKILL ends a stopped process too
+            child.communicate()
+
+    assert frozen == removed_for(dest)
+    assert [] == [p for p in tmp_path.iterdir() if TEMP_MARKER in p.name]
+
+
+_WRITE_ONCE = """
+import sys
+from pathlib import Path
+from smagent.writer import FileSpec, write_file
+print(write_file(FileSpec(Path(sys.argv[1])), b"new content\\n").value, flush=True)
+"""
+
+
+def test_writer_whose_fresh_temp_file_a_cleaner_removed_starts_over(tmp_path: Path) -> None:
+    """A temp file removed by a cleaner between its create and its lock: the write starts over.
+
+    strace delays the writer's first flock by 0.3 s (fault injection), which
+    holds open the instant a concurrent start-up could find the file unlocked.
+    """
+    folder = tmp_path / "out"
+    folder.mkdir()
+    dest = folder / "app.conf"
+    dest.write_bytes(b"old\n")
+    tracer = [strace_or_skip(), "-f", "-qq", "-o", os.devnull, "-e", "trace=flock"]
+    tracer += ["-e", "inject=flock:delay_enter=300000:when=1"]
+    with subprocess.Popen(
+        [*tracer, sys.executable, "-c", _WRITE_ONCE, str(dest)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            deadline = time.monotonic() + 20
+            unlocked: list[Path] = []
+            while not unlocked and child.poll() is None and time.monotonic() < deadline:
+                unlocked = [p for p in folder.iterdir() if TEMP_MARKER in p.name]
+                time.sleep(0.005)
+            assert unlocked, "the writer's temp file never showed up"
+            assert not flock_held(unlocked[0])
+
+            assert unlocked == removed_for(dest)
+            stdout, stderr = child.communicate(timeout=30)
+        finally:
+            child.kill()
+
+    assert (0, "written") == (child.returncode, stdout.strip()), stderr
+    assert b"new content\n" == dest.read_bytes()
+    assert {"app.conf"} == names_in(folder)
+
+
+_CLEAN_ONCE = """
+import json, sys
+from pathlib import Path
+from smagent.writer import clean_stale_temp_files
+(found,) = clean_stale_temp_files([Path(sys.argv[1])])
+print(json.dumps([len(found.removed), len(found.in_use), str(found.error)]))
+"""
+
+
+def test_writer_meeting_a_cleaner_holding_its_temp_file_starts_over(tmp_path: Path) -> None:
+    """A cleaner holding the lock of a writer's fresh temp file: the writer takes a new name.
+
+    strace holds both at the worst instant: the writer's first flock is delayed
+    1.5 s, and the cleaner, which got the lock meanwhile, is delayed 1.5 s
+    before its unlink; so the writer finds the lock taken.
+    """
+    folder = tmp_path / "out"
+    folder.mkdir()
+    dest = folder / "app.conf"
+    dest.write_bytes(b"old\n")
+    strace = strace_or_skip()
+    trace = tmp_path / "writer.strace"
+    slow_lock = [strace, "-f", "-qq", "-o", str(trace), "-e", "trace=flock,openat"]
+    slow_lock += ["-e", "inject=flock:delay_enter=1500000:when=1"]
+    slow_unlink = [strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=unlinkat"]
+    slow_unlink += ["-e", "inject=unlinkat:delay_enter=1500000:when=1"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    with subprocess.Popen(
+        [*slow_lock, sys.executable, "-c", _WRITE_ONCE, str(dest)], **pipes
+    ) as writer:
+        try:
+            deadline = time.monotonic() + 20
+            while writer.poll() is None and time.monotonic() < deadline:
+                if [p for p in folder.iterdir() if TEMP_MARKER in p.name]:
+                    break
+                time.sleep(0.005)
+            cleaner = subprocess.run(
+                [*slow_unlink, sys.executable, "-c", _CLEAN_ONCE, str(dest)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            stdout, stderr = writer.communicate(timeout=30)
+        finally:
+            writer.kill()
+
+    assert (0, "written") == (writer.returncode, stdout.strip()), stderr
+    assert 0 == cleaner.returncode, cleaner.stderr
+    assert [0, 0, "None"] == json.loads(cleaner.stdout)  # it removed nothing in the end
+    calls = trace.read_text().splitlines()
+    creates = [line for line in calls if "O_CREAT" in line and TEMP_MARKER in line]
+    locks = [line.rsplit("= ", 1)[1].split()[:2] for line in calls if " flock(" in line]
+    assert 2 == len(creates), calls  # the first name given up, a second one written
+    assert [["-1", "EAGAIN"], ["0"]] == locks
+    assert b"new content\n" == dest.read_bytes()
+    assert {"app.conf"} == names_in(folder)
+
+
+_COUNT_LISTINGS = """
+import sys
+from pathlib import Path
+from smagent.writer import clean_stale_temp_files, temp_path_for
+listings = []
+def count(event, args):
+    if event in ("os.scandir", "os.listdir"):
+        listings.append(args)
+sys.addaudithook(count)
+destinations = [Path(p) for p in sys.argv[1:]]
+leftovers = [temp_path_for(d) for d in destinations]
+for path in leftovers:
+    path.write_bytes(b"x")
+found = clean_stale_temp_files(destinations)
+assert sorted(leftovers) == sorted(p for f in found for p in f.removed), found
+print(len(listings))
+"""
+
+
+def test_clean_up_lists_each_folder_once_per_call(tmp_path: Path) -> None:
+    """Ten destinations in two folders cost two directory listings, and each leftover is found."""
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+    destinations = [folder / f"f{i}.conf" for folder in folders for i in range(5)]
+
+    child = subprocess.run(
+        [sys.executable, "-c", _COUNT_LISTINGS, *map(str, destinations)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert 0 == child.returncode, child.stderr
+    assert "2" == child.stdout.strip()
+    assert set() == names_in(folders[0]) | names_in(folders[1])
+
+
+# -- the order of operations, as the kernel sees it ----------------------------
+#
+# strace (Debian package `strace`) records every system call the writer makes on
+# the destination's folder; an audit hook in the same child records the temp
+# file's mode, owner and size at the instant of the rename. Nothing of ours is
+# replaced: the child calls the real write_file.
+
+_TRACED_CALLS = (
+    "openat,flock,fchmod,fchown,write,fsync,fdatasync,close,"
+    "rename,renameat,renameat2,chmod,fchmodat,chown,fchownat,lchown,unlinkat"
+)
+_TRACED_CHILD = """
+import json, os, stat, sys
+from pathlib import Path
+from smagent.writer import FileSpec, write_file
+at_rename = []
+def hook(event, args):
+    if event == "os.rename":
+        src, _, src_dir_fd, _ = args
+        st = os.stat(src, dir_fd=None if src_dir_fd == -1 else src_dir_fd, follow_symlinks=False)
+        at_rename.append([stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size])
+sys.addaudithook(hook)
+os.umask(0)  # a temp file created wider than its mode would show it
+dest, mode, owner, group, size = sys.argv[1:]
+ids = [int(i) if i else None for i in (owner, group)]
+spec = FileSpec(Path(dest), int(mode, 8), *ids)
+write_file(spec, b"x" * int(size))
+print(json.dumps(at_rename))
+"""
+_SYSCALL = re.compile(r"^\d+\s+(?P<name>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>-?\d+)")
+
+
+def strace_or_skip() -> str:
+    """The strace binary, if it can trace here; skipped without it, but a failure under CI=1."""
+    found = shutil.which("strace")
+    probe = (
+        subprocess.run([found, "-f", "-o", os.devnull, "true"], capture_output=True, check=False)
+        if found
+        else None
+    )
+    if found and probe is not None and probe.returncode == 0:
+        return found
+    reason = "strace is missing or cannot trace here (apt-get install strace)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def traced_write(
+    folder: Path, mode: int, owner: int | None, group: int | None, size: int, *, strace: bool
+) -> tuple[list[str], list[list[int]]]:
+    """One real write_file (under strace if asked): its steps on `folder`, the stat at rename."""
+    log = folder.parent / "strace.log"
+    ids = ["" if owner is None else str(owner), "" if group is None else str(group)]
+    tracer: list[str] = []
+    if strace:
+        tracer = [strace_or_skip(), "-f", "-qq", "-y", "-s", "0", "-e", f"trace={_TRACED_CALLS}"]
+        tracer += ["-o", str(log)]
+    args = [str(folder / "app.conf"), f"{mode:o}", *ids, str(size)]
+    child = subprocess.run(
+        [*tracer, sys.executable, "-c", _TRACED_CHILD, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == child.returncode, child.stderr
+    steps: list[str] = []
+    for line in log.read_text().splitlines() if strace else []:
+        match = _SYSCALL.match(line)
+        if match and str(folder) in match["args"]:
+            step = _step(match["name"], match["args"], folder)
+            if step and not (step == "write temp" and steps and steps[-1] == step):
+                steps.append(step)
+    return steps, json.loads(child.stdout)
+
+
+def _step(name: str, args: str, folder: Path) -> str | None:
+    """A system call on `folder` as a readable step; None for the ones the order ignores."""
+    on_temp = TEMP_MARKER in args.split(",")[0]
+    on_folder = args.split(",")[0].endswith(f"<{folder}>")
+    if name == "openat" and "O_CREAT" in args:
+        flags = "|".join(sorted(f for f in re.findall(r"O_[A-Z]+", args) if f != "O_CLOEXEC"))
+        return f"create {flags} {args.rsplit(', ', 1)[1]}"
+    if name in ("fchmod", "fchown") or "chmod" in name or "chown" in name:
+        return f"{name} {'temp' if on_temp else 'other'} {args.split(', ', 1)[1]}"
+    if name in ("write", "fsync", "fdatasync", "flock") and (on_temp or on_folder):
+        return f"{name} {'temp' if on_temp else 'folder'}"
+    if name.startswith("rename"):
+        return f"rename temp -> {args.split(', ')[3]}"
+    return None  # opening folders, close
+
+
+def test_write_order_create_with_mode_then_owner_data_fsync_rename_fsync_folder(
+    tmp_path: Path,
+) -> None:
+    """Under strace: O_EXCL create with the mode, chmod/chown, data, fsync, rename, folder fsync."""
+    owner = group = None
+    if os.geteuid() == 0:
+        _, owner, _, group = service_account()
+    folder = tmp_path / "out"
+    folder.mkdir()
+
+    steps, at_rename = traced_write(folder, 0o640, owner, group, 300_000, strace=True)
+
+    assert [
+        "create O_CREAT|O_EXCL|O_NOFOLLOW|O_WRONLY 0640",
+        "flock temp",
+        "fchmod temp 0640",
+        *([] if owner is None else [f"fchown temp {owner}, {group}"]),
+        "write temp",
+        "fsync temp",
+        'rename temp -> "app.conf"',
+        "fsync folder",
+    ] == steps
+    uid = os.geteuid() if owner is None else owner
+    gid = os.getegid() if group is None else group
+    assert [[0o640, uid, gid, 300_000]] == at_rename  # mode and owner already final at rename
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o2750])
+def test_temp_file_has_final_mode_owner_and_data_at_rename(tmp_path: Path, mode: int) -> None:
+    """At the instant of the rename (audit hook), the temp file has its mode, owner and data."""
+    owner = group = None
+    if os.geteuid() == 0:
+        _, owner, _, group = service_account()
+    folder = tmp_path / "out"
+    folder.mkdir()
+
+    _, at_rename = traced_write(folder, mode, owner, group, 70_000, strace=False)
+
+    uid = os.geteuid() if owner is None else owner
+    gid = os.getegid() if group is None else group
+    assert [[mode, uid, gid, 70_000]] == at_rename
 
 
 # -- compare (dry run) ---------------------------------------------------------
