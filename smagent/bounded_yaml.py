@@ -1,8 +1,9 @@
 """YAML for the config file: bounded, one document, text keys, anchors and merges.
 
-PyYAML's SafeLoader is close to what a config needs, but a hostile or broken
-file can make it misbehave in ways a user cannot act on:
-- 500 nested `[` overflow the composer's recursion (a RecursionError, no line);
+PyYAML's loaders are close to what a config needs, but a hostile or broken
+file can make them misbehave in ways a user cannot act on:
+- 500 nested `[` overflow the Python composer's recursion (a RecursionError,
+  no line), and 100,000 overflow the C composer's stack (a segfault);
 - a billion-laughs alias bomb builds in a blink (aliases are shared objects)
   and then explodes in whatever walks the result;
 - an alias inside the node it names builds a cyclic structure;
@@ -11,22 +12,35 @@ file can make it misbehave in ways a user cannot act on:
 - silently, the last of two equal keys wins.
 
 `load` refuses each of these with the line and column where it happens, as a
-`YamlProblem`. Keys are the text as written (`1:`, `null:`, `yes:` are the
-keys "1", "null", "yes"): every key in a config is a name, and showing the
-user `True` for the `yes` they wrote helps no one. Timestamps are not
-resolved (`stage: 2024-01-01` is the text, not a date). Merge keys
-(`<<: *base`) work as YAML 1.1 defines them: an explicit key overrides a
-merged one, and that is not a duplicate.
+`YamlProblem`. The parser's events (libyaml's when PyYAML has it: ten times
+faster than the Python scanner) are composed into nodes here, without
+recursion, checking depth, keys and anchors on the way; the expanded size is
+measured before anything is built. Keys are the text as written (`1:`,
+`null:`, `yes:` are the keys "1", "null", "yes"): every key in a config is a
+name, and showing the user `True` for the `yes` they wrote helps no one.
+Timestamps are not resolved (`stage: 2024-01-01` is the text, not a date).
+Merge keys (`<<: *base`) work as YAML 1.1 defines them: an explicit key
+overrides a merged one, and that is not a duplicate.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 MAX_DEPTH = 64
@@ -37,6 +51,11 @@ MAX_NODES = 1_000_000
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_NOT_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+"""What YAML does not allow in a stream, checked here so the position is in characters."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class YamlProblem(Exception):
@@ -49,15 +68,16 @@ class YamlProblem(Exception):
         self.column = column
 
 
-def load(text: str) -> Any:
-    """The one document in `text` (None when empty), or a YamlProblem."""
-    try:
-        loader = _Loader(text)
-    except yaml.reader.ReaderError as exc:  # checked on the whole text before parsing starts
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        raise YamlProblem(f"character U+{char:04X} is not allowed in YAML", line, column) from None
+def load(text: str, *, pure_python: bool = False) -> Any:
+    """The one document in `text` (None when empty), or a YamlProblem.
+
+    `pure_python` uses PyYAML's Python parser even when libyaml is there (for tests:
+    both must behave alike).
+    """
+    if found := _NOT_PRINTABLE.search(text):
+        line, column = _position(text, found.start())
+        raise YamlProblem(f"character U+{ord(found[0]):04X} is not allowed in YAML", line, column)
+    loader = (_PythonLoader if pure_python else _Loader)(text)
     try:
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
@@ -65,24 +85,48 @@ def load(text: str) -> Any:
         problem = str(exc.problem or exc.context or "invalid YAML")
         if mark is None:
             raise YamlProblem(problem) from None
+        if "cannot start any token" in problem and _char_at(text, mark.line, mark.column) == "\t":
+            problem = "found a tab that cannot start any token (YAML indents with spaces)"
         raise YamlProblem(problem, mark.line + 1, mark.column + 1) from None
     except yaml.YAMLError as exc:
         raise YamlProblem(str(exc)) from None
-    except RecursionError:  # not reachable within MAX_DEPTH; kept so a bug cannot crash
-        raise YamlProblem(f"nested more than {MAX_DEPTH} levels deep") from None
     finally:
         loader.dispose()
 
 
-class _Loader(yaml.SafeLoader):
+def _char_at(text: str, line: int, column: int) -> str:
+    lines = text.split("\n", line + 1)
+    return lines[line][column : column + 1] if line < len(lines) else ""
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
+
+
+@dataclass(slots=True)
+class _Open:
+    """A sequence or mapping being composed; for a mapping, the key waiting for its value."""
+
+    node: SequenceNode | MappingNode
+    key: Node | None = None
+    keys: dict[str, yaml.Mark] = field(default_factory=dict)
+
+
+class _BoundedMixin:
+    """Composition and construction rules shared by the libyaml and the Python loader."""
+
     yaml_implicit_resolvers = {  # noqa: RUF012 - PyYAML's own class-level table, filtered
         first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self._depth = 0
+    # provided by the PyYAML classes this is mixed into
+    get_event: Any
+    check_event: Any
+    resolve: Any
+    construct_document: Any
+    flatten_mapping: Any
 
     def get_single_data(self) -> Any:
         node = self.get_single_node()
@@ -92,51 +136,71 @@ class _Loader(yaml.SafeLoader):
         return self.construct_document(node)
 
     def get_single_node(self) -> Node | None:
-        try:
-            return super().get_single_node()
-        except ComposerError as exc:
-            if exc.problem == "but found another document":
-                raise ComposerError(
-                    None,
-                    None,
-                    "a config file holds one YAML document; this `---` starts a second one",
-                    exc.problem_mark,
-                ) from None
-            raise
+        self.get_event()  # stream start
+        document = None
+        if not self.check_event(StreamEndEvent):
+            self.get_event()  # document start
+            document = self._compose_document()
+            self.get_event()  # document end
+        if not self.check_event(StreamEndEvent):
+            raise ComposerError(
+                None,
+                None,
+                "a config file holds one YAML document; this `---` starts a second one",
+                self.get_event().start_mark,
+            )
+        self.get_event()  # stream end
+        return document
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+    def _compose_document(self) -> Node:
+        """The nodes of one document, composed without recursion, checked on the way."""
+        anchors: dict[str, Node] = {}
+        stack: list[_Open] = []
+        while True:
+            event = self.get_event()
+            start: Any = event.start_mark  # a yaml.Mark, or libyaml's own Mark
+            end: Any = event.end_mark
+            done: Node
+            if isinstance(event, SequenceEndEvent | MappingEndEvent):
+                done = stack.pop().node
+                done.end_mark = end
+            elif isinstance(event, AliasEvent):
+                if event.anchor not in anchors:
+                    raise ComposerError(
+                        None, None, f"found undefined alias {event.anchor!r}", start
+                    )
+                done = anchors[event.anchor]
+            elif event.anchor is not None and event.anchor in anchors:
+                raise ComposerError(None, None, f"found duplicate anchor {event.anchor!r}", start)
+            elif isinstance(event, ScalarEvent):
+                if _SURROGATE.search(event.value):  # libyaml refuses them, Python does not
+                    half = "a \\uD800-\\uDFFF escape is half a character, not text"
+                    raise ComposerError(None, None, half, start)
+                tag = self._tag(ScalarNode, event, event.value)
+                done = ScalarNode(tag, event.value, start, end, style=event.style)
+                if event.anchor is not None:
+                    anchors[event.anchor] = done
+            else:  # the start of a sequence or a mapping
+                if len(stack) >= MAX_DEPTH:
+                    too_deep = f"nested more than {MAX_DEPTH} levels deep"
+                    raise ComposerError(None, None, too_deep, start)
+                kind = SequenceNode if isinstance(event, SequenceStartEvent) else MappingNode
+                tag = self._tag(kind, event, None)
+                collection = kind(tag, [], start, None, flow_style=event.flow_style)
+                if event.anchor is not None:
+                    anchors[event.anchor] = collection  # an alias inside it makes a cycle
+                stack.append(_Open(collection))
+                continue
+            if not stack:
+                return done
+            _add(stack[-1], done)
 
-    def compose_mapping_node(self, anchor: Any) -> MappingNode:
-        """Keys are checked here, before any merge rewrites the node: text only, no repeats."""
-        node: MappingNode = super().compose_mapping_node(anchor)
-        seen: dict[str, yaml.Mark] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, ScalarNode):
-                raise ComposerError(
-                    None,
-                    None,
-                    f"a key must be plain text, not a {_kind(key_node)} (a YAML complex key)",
-                    key_node.start_mark,
-                )
-            key = key_node.value if key_node.tag != _MERGE_TAG else "<<"
-            if key in seen:
-                first = seen[key]
-                raise ComposerError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (first at line {first.line + 1})",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark
-        return node
+    def _tag(self, kind: type[Node], event: Any, value: str | None) -> str:
+        if event.tag is None or event.tag == "!":
+            tag: str = self.resolve(kind, value, event.implicit)
+            return tag
+        tag = event.tag
+        return tag
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         if not isinstance(node, MappingNode):
@@ -151,12 +215,39 @@ class _Loader(yaml.SafeLoader):
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
-            return super().construct_object(node, deep)
-        except (ValueError, OverflowError, TypeError):  # `!!int x`, `!!timestamp 2001-02-30`
+            return super().construct_object(node, deep)  # type: ignore[misc]
+        except (ValueError, OverflowError, TypeError):  # `!!int x`, `!!float x`
             tag = node.tag.rsplit(":", 1)[-1]
             raise ConstructorError(
                 None, None, f"cannot read this value as {tag}", node.start_mark
             ) from None
+
+
+def _add(parent: _Open, child: Node) -> None:
+    """Put a finished node in its parent: an item, a key (checked) or a key's value."""
+    if isinstance(parent.node, SequenceNode):
+        parent.node.value.append(child)
+        return
+    if parent.key is not None:
+        parent.node.value.append((parent.key, child))
+        parent.key = None
+        return
+    if not isinstance(child, ScalarNode):
+        kind = "list" if isinstance(child, SequenceNode) else "mapping"
+        raise ComposerError(
+            None,
+            None,
+            f"a key must be plain text, not a {kind} (a YAML complex key)",
+            child.start_mark,
+        )
+    text = "<<" if child.tag == _MERGE_TAG else child.value
+    if text in parent.keys:
+        first = parent.keys[text]
+        raise ComposerError(
+            None, None, f"duplicate key {text!r} (first at line {first.line + 1})", child.start_mark
+        )
+    parent.keys[text] = child.start_mark
+    parent.key = child
 
 
 def _refuse(loader: yaml.SafeLoader, node: Node) -> Any:
@@ -169,10 +260,22 @@ def _refuse(loader: yaml.SafeLoader, node: Node) -> Any:
     )
 
 
+class _PythonLoader(_BoundedMixin, yaml.SafeLoader):
+    pass
+
+
+_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BoundedMixin, _Base):  # type: ignore[misc]
+    pass
+
+
 # Sets and pairs would pass as lists in random or surprising order (a `command`
 # argv from a !!set); a timestamp is never what a config key wants.
-for _tag in ("set", "omap", "pairs", "timestamp"):
-    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse)
+for _loader in (_Loader, _PythonLoader):
+    for _tag in ("set", "omap", "pairs", "timestamp"):
+        _loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse)
 
 
 def _check_expansion(root: Node) -> None:
@@ -182,7 +285,7 @@ def _check_expansion(root: Node) -> None:
     1 + the sizes of its children, so an alias bomb's exponential size is
     computed in linear time and refused before anything walks it.
     """
-    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, expanded depth)
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, collection depth)
     open_nodes: set[int] = set()
     stack: list[tuple[Node, bool]] = [(root, False)]
     while stack:
@@ -192,7 +295,8 @@ def _check_expansion(root: Node) -> None:
             open_nodes.discard(ident)
             children = [measured[id(child)] for child in _children(node)]
             size = 1 + sum(n for n, _ in children)
-            depth = 1 + max((d for _, d in children), default=0)
+            deepest = max((d for _, d in children), default=0)
+            depth = deepest if isinstance(node, ScalarNode) else deepest + 1
             if depth > MAX_DEPTH:
                 raise ComposerError(
                     None,
@@ -226,7 +330,3 @@ def _children(node: Node) -> list[Node]:
     if isinstance(node, MappingNode):
         return [part for pair in node.value for part in pair]
     return []
-
-
-def _kind(node: Node) -> str:
-    return "list" if isinstance(node, SequenceNode) else "mapping"

@@ -62,7 +62,7 @@ _PATH_MAX = 4095
 Text = Annotated[str, msgspec.Meta(pattern=r"^(?!\s*$)[^\x00-\x1f\x7f]*$")]
 """A name, id, address or path: not blank, no NUL byte (the OS would cut a path or an
 argument there), no other control character (a line break in a name or path forges lines in
-`check` output and logs). Lone surrogates are refused for the whole file in `_parse_yaml`."""
+`check` output and logs). Lone surrogates never get this far (`bounded_yaml` refuses them)."""
 Arg = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
 """A command argument: may be empty (`--password ""`), never holds a NUL byte."""
 
@@ -436,41 +436,7 @@ def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
         raise ConfigError(
             [ConfigIssue(path, "", f"expected a mapping at the top, got {_describe(data)}")]
         )
-    broken = [
-        ConfigIssue(path, key, "holds a lone surrogate escape (\\udXXX), which is not text")
-        for key in _surrogate_paths(data)
-    ]
-    if broken:
-        raise ConfigError(broken)
     return data
-
-
-def _surrogate_paths(data: dict[str, Any]) -> list[str]:
-    """Key paths of strings holding a lone surrogate (a `"\\ud800"` escape in the YAML).
-
-    Such a string cannot be encoded for the OS, a log or msgspec (which raises
-    UnicodeEncodeError rather than a validation error), and is never meant.
-    """
-    found: list[str] = []
-    stack: list[tuple[str, object]] = [("", data)]
-    while stack:
-        where, node = stack.pop()
-        if isinstance(node, str):
-            if _SURROGATE.search(node):
-                found.append(where)
-        elif isinstance(node, dict):
-            for key, child in node.items():
-                here = f"{where}.{key}" if where else key
-                if _SURROGATE.search(key):
-                    found.append(here)
-                else:
-                    stack.append((here, child))
-        elif isinstance(node, list):
-            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(node))
-    return sorted(found)
-
-
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 _TOP_KEYS = ("providers", "namespaces", "defaults", "templates")
