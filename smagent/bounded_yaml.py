@@ -49,7 +49,6 @@ MAX_DEPTH = 64
 MAX_NODES = 1_000_000
 """Nodes after alias expansion: about what a 1 MiB file holds written out in full."""
 
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _NOT_PRINTABLE = re.compile(
     "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
@@ -240,7 +239,7 @@ def _add(parent: _Open, child: Node) -> None:
             f"a key must be plain text, not a {kind} (a YAML complex key)",
             child.start_mark,
         )
-    text = "<<" if child.tag == _MERGE_TAG else child.value
+    text = child.value
     if text in parent.keys:
         first = parent.keys[text]
         raise ComposerError(

@@ -32,6 +32,7 @@ import os
 import re
 import signal
 import stat
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -518,8 +519,31 @@ class _Builder:
                     f"{where}.max_concurrency",
                     f"expected a whole number from 1 to {MAX_CONCURRENCY}",
                 )
+            self.check_provider(provider, where)
             out[name] = self.absolute_paths(provider, where)
         return out
+
+    def check_provider(self, provider: ProviderConfig, where: str) -> None:
+        """What a provider's fields must say together, and URLs a client can use."""
+        for key, schemes in _URL_FIELDS.items():
+            value = getattr(provider, key, None)
+            if value is not None and (problem := _url_problem(value, schemes)):
+                self.issue(f"{where}.{key}", problem)
+        if isinstance(provider, AzureProvider):
+            if provider.credential == "client_secret":
+                for key in ("tenant_id", "client_id", "client_secret_file"):
+                    if getattr(provider, key) is None:
+                        self.issue(f"{where}.{key}", "required with credential: client_secret")
+            elif provider.client_secret_file is not None:
+                self.issue(
+                    f"{where}.client_secret_file",
+                    f"only used with credential: client_secret (this one is {provider.credential})",
+                )
+        auth = getattr(provider, "auth", None)
+        if isinstance(auth, VaultApproleAuth) and (auth.role_id is None) == (
+            auth.role_id_file is None
+        ):
+            self.issue(f"{where}.auth", "give exactly one of `role_id` or `role_id_file`")
 
     def namespaces(
         self, providers: Mapping[str, ProviderConfig]
@@ -614,6 +638,10 @@ class _Builder:
             if template.source is not None:
                 for spelling in _spellings(template.source):
                     taken.setdefault(spelling, f"the source of {where}")
+            for index, action in enumerate(template.on_change):
+                if isinstance(action, SignalPidfileAction):
+                    for spelling in _spellings(Path(action.pidfile)):
+                        taken.setdefault(spelling, f"the pidfile of {where}.on_change[{index}]")
         writes: dict[str, str] = {}
         for where, template in templates:
             key = _destination_key(template.destination)
@@ -1058,6 +1086,26 @@ def _read_files(providers: Mapping[str, ProviderConfig]) -> Iterator[tuple[str, 
                 value = getattr(holder, field, None)
                 if isinstance(value, str):
                     yield f"the file of {prefix}.{field}", value
+
+
+_URL_FIELDS = {
+    "vault_url": ("https",),  # the Key Vault client refuses anything else
+    "address": ("https", "http"),
+    "endpoint_url": ("https", "http"),
+}
+
+
+def _url_problem(value: str, schemes: tuple[str, ...]) -> str | None:
+    """Why `value` is not a URL with one of `schemes` and a host, if so."""
+    wanted = " or ".join(f"{scheme}://" for scheme in schemes)
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        return f"expected an {wanted} URL, got {_describe(value)}"
+    if parts.scheme not in schemes or not parts.hostname:
+        return f"expected an {wanted} URL with a host name, got {_describe(value)}"
+    return None
 
 
 _SECRET_FIELDS = ("path", "token_file", "secret_id_file", "client_secret_file")

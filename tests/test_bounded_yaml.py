@@ -268,3 +268,9 @@ def test_lone_surrogate_escape_is_refused(pure_python: bool, text: str) -> None:
     problem = problem_of(text, pure_python)
     assert 1 == problem.line
     assert "escape" in problem.problem
+
+
+def test_anchor_defined_twice_is_refused(pure_python: bool) -> None:
+    """A second `&x` (a copy-paste slip: which one does `*x` mean?) is an error at it."""
+    problem = problem_of("a: &x 1\nb: &x 2\nc: *x\n", pure_python)
+    assert ("found duplicate anchor 'x'", 2, 4) == (problem.problem, problem.line, problem.column)

@@ -332,7 +332,8 @@ ERRORS = [
         id="unknown-provider-key",
     ),
     pytest.param(
-        "providers: {v: {type: vault, address: x, auth: {method: token, tokn_file: t}}}\n",
+        "providers: {v: {type: vault, address: 'https://v',"
+        " auth: {method: token, tokn_file: t}}}\n",
         "providers.v.auth.tokn_file",
         "unknown key (allowed: method, token_file)",
         id="unknown-vault-auth-key",
@@ -796,7 +797,7 @@ ERRORS = [
         id="nul-in-provider-path",
     ),
     pytest.param(
-        "providers: {v: {type: vault, address: x, auth: {method: token, token_file: "
+        "providers: {v: {type: vault, address: 'https://v', auth: {method: token, token_file: "
         + "t" * 256
         + "}}}\n",
         "providers.v.auth.token_file",
@@ -1078,6 +1079,64 @@ ERRORS = [
         "defaults.mode",
         "expected a quoted octal mode such as \"0640\", got ''",
         id="mode-empty",
+    ),
+    # -- provider fields that must agree, URLs a client can use --
+    pytest.param(
+        "providers: {kv: {type: azure, vault_url: 'http://kv.vault.azure.net'}}\n",
+        "providers.kv.vault_url",
+        "expected an https:// URL with a host name, got 'http://kv.vault.azure.net'",
+        id="azure-url-not-https",
+    ),
+    pytest.param(
+        "providers: {v: {type: vault, address: 'vault:8200', auth: {method: token}}}\n",
+        "providers.v.address",
+        "expected an https:// or http:// URL with a host name, got 'vault:8200'",
+        id="vault-address-without-scheme",
+    ),
+    pytest.param(
+        "providers: {v: {type: vault, address: 'https://v:99999', auth: {method: token}}}\n",
+        "providers.v.address",
+        "expected an https:// or http:// URL, got 'https://v:99999'",
+        id="vault-address-bad-port",
+    ),
+    pytest.param(
+        "providers: {a: {type: aws, endpoint_url: 'https://'}}\n",
+        "providers.a.endpoint_url",
+        "expected an https:// or http:// URL with a host name, got 'https://'",
+        id="aws-endpoint-without-host",
+    ),
+    pytest.param(
+        "providers: {kv: {type: azure, vault_url: 'https://kv', credential: client_secret,"
+        " tenant_id: t, client_id: c}}\n",
+        "providers.kv.client_secret_file",
+        "required with credential: client_secret",
+        id="azure-client-secret-without-file",
+    ),
+    pytest.param(
+        "providers: {kv: {type: azure, vault_url: 'https://kv', client_secret_file: s}}\n",
+        "providers.kv.client_secret_file",
+        "only used with credential: client_secret (this one is default)",
+        id="azure-secret-file-unused",
+    ),
+    pytest.param(
+        "providers: {v: {type: vault, address: 'https://v',"
+        " auth: {method: approle, role_id: r, role_id_file: f}}}\n",
+        "providers.v.auth",
+        "give exactly one of `role_id` or `role_id_file`",
+        id="approle-two-role-ids",
+    ),
+    pytest.param(
+        "providers: {v: {type: vault, address: 'https://v', auth: {method: approle}}}\n",
+        "providers.v.auth",
+        "give exactly one of `role_id` or `role_id_file`",
+        id="approle-no-role-id",
+    ),
+    pytest.param(
+        BASE + "templates: [{contents: x, destination: run/app.pid,"
+        " on_change: [{signal: HUP, pidfile: run/app.pid}]}]\n",
+        "templates[0].destination",
+        "is the pidfile of templates[0].on_change[0]; writing it would replace it",
+        id="destination-is-a-pidfile",
     ),
     # -- section shapes --
     pytest.param(

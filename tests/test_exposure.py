@@ -132,6 +132,8 @@ CREDENTIAL_PROVIDERS = {
         "type": "azure",
         "vault_url": "https://kv.vault.azure.net",
         "credential": "client_secret",
+        "tenant_id": "tenant",
+        "client_id": "client",
         "client_secret_file": "client-secret",
     },
 }
