@@ -13,34 +13,72 @@ for `render --once` start-up). msgspec reports dict keys as `[...]`, so every
 user-named mapping (providers, namespaces) is validated entry by entry here to
 keep the key path exact. Relative paths are made absolute against the config
 file's folder in one place (`_absolute`), after validation.
+
+Nothing a user can write may get past `load_config` and crash a later step:
+the file is read like every other input (`read_regular`: never blocks on a
+FIFO, capped in size), the YAML is bounded (`bounded_yaml`), every string
+that becomes a name, path or argument is refused when empty or holding a NUL
+byte, numbers and durations have ranges, and paths are checked against what
+this host can open (too long, under an unreachable folder, a FIFO where a
+template should be). Files that hold or steer secrets are checked for modes
+that let others read or change them: a warning, as ssh gives.
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
 import signal
-from collections.abc import Mapping
+import stat
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
-import yaml
 
+from smagent import bounded_yaml
+from smagent.exposure import warn_if_exposed
 from smagent.references import Namespace
+from smagent.regular_file import NotRegularFile, read_regular
 from smagent.writer import UnknownOwnerError, resolve_group, resolve_owner
 
 CONFIG_ENV = "SMAGENT_CONFIG"
 DEFAULT_PATHS = (Path("smagent.yaml"), Path("/etc/smagent/smagent.yaml"))
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A hand-written config is a few KiB; 1 MiB of YAML already takes seconds to parse."""
+MAX_ID = 2**32 - 2
+"""The largest uid/gid: ids are 32 bits and 2**32 - 1 means "no change" to chown."""
+MAX_CONCURRENCY = 1000
+_NAME_MAX = 255
+_PATH_MAX = 4095
+
+
+# --- strings that must hold something usable ---------------------------------------------------
+
+Text = Annotated[str, msgspec.Meta(pattern=r"^(?!\s*$)[^\x00-\x1f\x7f]*$")]
+"""A name, id, address or path: not blank, no NUL byte (the OS would cut a path or an
+argument there), no other control character (a line break in a name or path forges lines in
+`check` output and logs). Lone surrogates never get this far (`bounded_yaml` refuses them)."""
+Arg = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
+"""A command argument: may be empty (`--password ""`), never holds a NUL byte."""
 
 
 # --- value types with their own parsing ------------------------------------------------------
 
 
 class Duration(float):
-    """Seconds, written `500ms`, `30s`, `5m`, `1h` or combined (`1h30m`) in the file."""
+    """Seconds, written `500ms`, `30s`, `5m`, `1h` or combined (`1h30m`) in the file.
 
+    From 1ms to 365d (or 0): `99999999999h` is a typo, not a plan, and a value
+    below a millisecond would act as zero where zero is refused.
+    """
+
+    MAX: ClassVar[float] = 365 * 86400.0
     _PART: ClassVar[re.Pattern[str]] = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
     _UNITS: ClassVar[dict[str, float]] = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -60,8 +98,20 @@ class Duration(float):
                 pos = match.end()
             else:
                 if pos == len(text) and pos > 0:
-                    return cls(total)
-        raise ValueError(f"expected a duration such as 500ms, 30s, 5m or 1h, got {value!r}")
+                    return cls._bounded(total, value)
+        raise ValueError(
+            f"expected a duration such as 500ms, 30s, 5m or 1h, got {_describe(value)}"
+        )
+
+    @classmethod
+    def _bounded(cls, seconds: float, written: str) -> Duration:
+        if seconds > cls.MAX:  # also inf, from a number with hundreds of digits
+            raise ValueError(f"expected a duration of at most 365d, got {_describe(written)}")
+        if 0 < seconds < 0.001:
+            raise ValueError(
+                f"expected a duration of at least 1ms (or 0), got {_describe(written)}"
+            )
+        return cls(seconds)
 
     def __str__(self) -> str:
         seconds = float(self)
@@ -86,7 +136,7 @@ class FileMode(int):
                 'write the mode as a quoted octal string such as "0640" (got an unquoted number: '
                 "YAML reads 0640 as octal and 640 as decimal)"
             )
-        raise ValueError(f'expected a quoted octal mode such as "0640", got {value!r}')
+        raise ValueError(f'expected a quoted octal mode such as "0640", got {_describe(value)}')
 
     def __str__(self) -> str:
         return f"{int(self):04o}"
@@ -101,7 +151,9 @@ class SignalName(str):
             name = value.strip().upper().removeprefix("SIG")
             if name and f"SIG{name}" in signal.Signals.__members__:
                 return cls(name)
-        raise ValueError(f"expected a signal name such as HUP, USR1 or TERM, got {value!r}")
+        raise ValueError(
+            f"expected a signal name such as HUP, USR1 or TERM, got {_describe(value)}"
+        )
 
     @property
     def number(self) -> signal.Signals:
@@ -132,39 +184,39 @@ class _ProviderBase(_Strict, tag_field="type", frozen=True, kw_only=True):
 
 
 class AwsProvider(_ProviderBase, tag="aws", frozen=True, kw_only=True):
-    region: str | None = None
-    endpoint_url: str | None = None
-    profile: str | None = None
+    region: Text | None = None
+    endpoint_url: Text | None = None
+    profile: Text | None = None
 
 
 class AzureProvider(_ProviderBase, tag="azure", frozen=True, kw_only=True):
-    vault_url: str
+    vault_url: Text
     credential: Literal["default", "managed_identity", "client_secret"] = "default"
-    tenant_id: str | None = None
-    client_id: str | None = None
-    client_secret_file: str | None = None
+    tenant_id: Text | None = None
+    client_id: Text | None = None
+    client_secret_file: Text | None = None
 
 
 class VaultApproleAuth(_Strict, tag_field="method", tag="approle", frozen=True, kw_only=True):
-    role_id: str | None = None
-    role_id_file: str | None = None
-    secret_id_file: str | None = None
-    mount: str = "approle"
+    role_id: Text | None = None
+    role_id_file: Text | None = None
+    secret_id_file: Text | None = None
+    mount: Text = "approle"
 
 
 class VaultTokenAuth(_Strict, tag_field="method", tag="token", frozen=True, kw_only=True):
-    token_file: str | None = None
+    token_file: Text | None = None
 
 
 class VaultProvider(_ProviderBase, tag="vault", frozen=True, kw_only=True):
-    address: str
+    address: Text
     auth: VaultApproleAuth | VaultTokenAuth
-    namespace: str | None = None
-    ca_cert: str | None = None
+    namespace: Text | None = None
+    ca_cert: Text | None = None
 
 
 class FileProvider(_ProviderBase, tag="file", frozen=True, kw_only=True):
-    path: str
+    path: Text
 
 
 class EnvProvider(_ProviderBase, tag="env", frozen=True, kw_only=True):
@@ -176,10 +228,10 @@ PROVIDER_TYPES = ("aws", "azure", "vault", "file", "env")
 
 
 class NamespaceConfig(_Strict, frozen=True, kw_only=True):
-    provider: str
-    secret: str | None = None
-    version: str | int | None = None
-    stage: str | None = None
+    provider: Text
+    secret: Text | None = None
+    version: Text | int | None = None
+    stage: Text | None = None
     refresh: Duration | None = None
 
 
@@ -198,16 +250,16 @@ class Defaults(_Strict, frozen=True, kw_only=True):
 
 class SignalPidfileAction(_Strict, frozen=True, kw_only=True):
     signal: SignalName
-    pidfile: str
+    pidfile: Text
 
 
 class SignalUnitAction(_Strict, frozen=True, kw_only=True):
     signal: SignalName
-    systemd_unit: str
+    systemd_unit: Text
 
 
 class CommandAction(_Strict, frozen=True, kw_only=True):
-    command: list[str]
+    command: list[Arg]
     timeout: Duration = Duration(30)
 
 
@@ -215,13 +267,14 @@ Action = SignalPidfileAction | SignalUnitAction | CommandAction
 
 
 class TemplateConfig(_Strict, frozen=True, kw_only=True):
-    destination: str
-    source: str | None = None
+    destination: Text | None = None
+    """Required; checked in `_Builder.template` so a bad one does not hide the other problems."""
+    source: Text | None = None
     contents: str | None = None
-    name: str | None = None
+    name: Text | None = None
     mode: FileMode | None = None
-    owner: str | int | None = None
-    group: str | int | None = None
+    owner: Text | int | None = None
+    group: Text | int | None = None
     on_change: list[dict[str, Any]] = []
     """Checked one by one in `_Builder.actions`: the three action shapes carry no tag."""
 
@@ -324,6 +377,8 @@ class ConfigError(Exception):
 
 def find_config_path(explicit: str | None, environ: Mapping[str, str] = os.environ) -> Path:
     """`--config`, else $SMAGENT_CONFIG, else ./smagent.yaml, else /etc/smagent/smagent.yaml."""
+    if explicit == "":  # `--config "$UNSET_VAR"` must not fall back to another file
+        raise ConfigError([ConfigIssue("--config", "", "expected a file path, got ''")])
     if explicit:
         return Path(explicit)
     if environ.get(CONFIG_ENV):
@@ -337,58 +392,59 @@ def find_config_path(explicit: str | None, environ: Mapping[str, str] = os.envir
 def load_config(path: Path) -> Config:
     """Read, validate and resolve a config file, or raise ConfigError listing every problem."""
     path = Path(os.path.abspath(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([ConfigIssue(path, "", "config file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError([ConfigIssue(path, "", f"cannot read config file: {reason}")]) from None
+    text, info = _read_config(path)
+    warn_if_exposed(path, info, "config file")
     raw = _parse_yaml(path, text)
     return _Builder(path, raw).build()
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+def _read_config(path: Path) -> tuple[str, os.stat_result]:
+    """The text of the config file: a regular file of at most MAX_CONFIG_BYTES, UTF-8."""
 
+    def fail(problem: str) -> ConfigError:
+        return ConfigError([ConfigIssue(path, "", problem)])
 
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen[key] = 1
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
+    try:
+        data, info = read_regular(path, MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise fail("config file not found") from None
+    except OSError as exc:
+        kind = _special_kind(path)
+        if isinstance(exc, NotRegularFile) or kind is not None:
+            raise fail(f"the config must be a regular file, not {kind or 'this'}") from None
+        raise fail(f"cannot read config file: {_reason(exc)}") from None
+    except ValueError:  # only a NUL byte in a path passed by a program, not from argv
+        raise fail("cannot read config file: the path holds a NUL byte") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise fail(f"config file is larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise fail(f"not UTF-8 text (line {line})") from None
+    return text, info  # a leading BOM is skipped by the YAML scanner
 
 
 def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        data = bounded_yaml.load(text)
+    except bounded_yaml.YamlProblem as exc:
+        where = f"line {exc.line}, column {exc.column}" if exc.line is not None else ""
         raise ConfigError([ConfigIssue(path, where, f"invalid YAML: {exc.problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(path, "", f"invalid YAML: {exc}")]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
-            [ConfigIssue(path, "", f"expected a mapping at the top, got {_kind(data)}")]
+            [ConfigIssue(path, "", f"expected a mapping at the top, got {_describe(data)}")]
         )
     return data
 
 
 _TOP_KEYS = ("providers", "namespaces", "defaults", "templates")
 _ZERO_DURATION = "expected a duration above 0"
+_MAX_VERSION = 2**63 - 1
+_MAX_RETRIES = 32
+"""Problems reported per config item (a provider, a template) before moving on."""
 _TYPE_WORDS = {
     "int": "a whole number",
     "float": "a number",
@@ -409,22 +465,24 @@ class _Builder:
         self.folder = path.parent
         self.raw = raw
         self.issues: list[ConfigIssue] = []
+        self.dropped: set[str] = set()
+        """Key paths `convert` took out after reporting them: later checks do not miss them."""
         self.declared_providers: set[object] = set()
         """Every provider name in the file, valid or not (an invalid one is reported once)."""
 
     def build(self) -> Config:
         for key in self.raw:
-            if key not in _TOP_KEYS:
-                self.issue(str(key), f"unknown key (allowed: {', '.join(_TOP_KEYS)})")
+            if key not in _TOP_KEYS and not key.startswith("x-"):  # x-NAME: a place for anchors
+                self.issue(key, f"unknown key (allowed: {', '.join(_TOP_KEYS)})")
         providers = self.providers()
         namespaces, refresh = self.namespaces(providers)
-        defaults = self.convert(self.raw.get("defaults") or {}, Defaults, "defaults")
-        if defaults is not None and defaults.fetch_timeout <= 0:  # every fetch would time out
-            self.issue("defaults.fetch_timeout", _ZERO_DURATION)
-        templates = self.templates(defaults)
+        defaults = self.defaults()
+        templates = self.templates(defaults, providers)
         if self.issues:
             raise ConfigError(self.issues)
         assert defaults is not None
+        for role, path in _secret_files(providers):
+            _warn_if_file_exposed(Path(path), role)
         return Config(self.path, providers, namespaces, refresh, defaults, templates)
 
     # -- sections --
@@ -444,20 +502,48 @@ class _Builder:
                 else:
                     self.issue(
                         f"{where}.type",
-                        f"expected one of {', '.join(PROVIDER_TYPES)}, got {raw['type']!r}",
+                        f"expected one of {', '.join(PROVIDER_TYPES)}, "
+                        f"got {_describe(raw['type'])}",
                     )
                 continue
             provider = self.convert(raw, ProviderConfig, where)
             if provider is None:
                 continue
-            if provider.rate_limit is not None and provider.rate_limit <= 0:
+            rate = provider.rate_limit
+            if rate is not None and not (math.isfinite(rate) and rate > 0):
                 self.issue(
                     f"{where}.rate_limit", "expected a number above 0 (or null for no limit)"
                 )
-            if provider.max_concurrency < 1:
-                self.issue(f"{where}.max_concurrency", "expected a whole number of at least 1")
-            out[name] = self.absolute_paths(provider)
+            if not 1 <= provider.max_concurrency <= MAX_CONCURRENCY:
+                self.issue(
+                    f"{where}.max_concurrency",
+                    f"expected a whole number from 1 to {MAX_CONCURRENCY}",
+                )
+            self.check_provider(provider, where)
+            out[name] = self.absolute_paths(provider, where)
         return out
+
+    def check_provider(self, provider: ProviderConfig, where: str) -> None:
+        """What a provider's fields must say together, and URLs a client can use."""
+        for key, schemes in _URL_FIELDS.items():
+            value = getattr(provider, key, None)
+            if value is not None and (problem := _url_problem(value, schemes)):
+                self.issue(f"{where}.{key}", problem)
+        if isinstance(provider, AzureProvider):
+            if provider.credential == "client_secret":
+                for key in ("tenant_id", "client_id", "client_secret_file"):
+                    if getattr(provider, key) is None:
+                        self.issue(f"{where}.{key}", "required with credential: client_secret")
+            elif provider.client_secret_file is not None:
+                self.issue(
+                    f"{where}.client_secret_file",
+                    f"only used with credential: client_secret (this one is {provider.credential})",
+                )
+        auth = getattr(provider, "auth", None)
+        if isinstance(auth, VaultApproleAuth) and (auth.role_id is None) == (
+            auth.role_id_file is None
+        ):
+            self.issue(f"{where}.auth", "give exactly one of `role_id` or `role_id_file`")
 
     def namespaces(
         self, providers: Mapping[str, ProviderConfig]
@@ -471,6 +557,11 @@ class _Builder:
             ns = self.convert(raw, NamespaceConfig, where)
             if ns is None:
                 continue
+            if isinstance(ns.version, int) and not 0 <= ns.version <= _MAX_VERSION:
+                self.issue(f"{where}.version", "expected a version id or a number from 0 to 2^63-1")
+                continue
+            if ns.refresh is not None and ns.refresh <= 0:  # the agent would re-fetch non-stop
+                self.issue(f"{where}.refresh", _ZERO_DURATION)
             if ns.provider not in providers:
                 if ns.provider not in self.declared_providers:
                     known = ", ".join(sorted(map(str, self.declared_providers))) or "none declared"
@@ -485,14 +576,30 @@ class _Builder:
                 refresh[name] = ns.refresh
         return out, refresh
 
-    def templates(self, defaults: Defaults | None) -> tuple[Template, ...]:
-        raw_list = self.raw.get("templates") or []
-        if not isinstance(raw_list, list):
-            self.issue("templates", f"expected a list, got {_kind(raw_list)}")
+    def defaults(self) -> Defaults | None:
+        defaults: Defaults | None = self.convert(self.raw.get("defaults"), Defaults, "defaults")
+        if defaults is None:
+            return None
+        # zero: every fetch would time out; the agent would re-fetch without a pause
+        for key in ("fetch_timeout", "refresh"):
+            if getattr(defaults, key) <= 0:
+                self.issue(f"defaults.{key}", _ZERO_DURATION)
+        wait = defaults.wait
+        if wait.max > 0 and wait.min > wait.max:
+            self.issue("defaults.wait", f"min ({wait.min}) is above max ({wait.max})")
+        return defaults
+
+    def templates(
+        self, defaults: Defaults | None, providers: Mapping[str, ProviderConfig]
+    ) -> tuple[Template, ...]:
+        raw_list = self.raw.get("templates")
+        if raw_list is None:
             return ()
-        out: list[Template] = []
+        if not isinstance(raw_list, list):
+            self.issue("templates", f"expected a list, got {_describe(raw_list)}")
+            return ()
+        out: list[tuple[str, Template]] = []
         names: dict[str, str] = {}
-        destinations: dict[Path, str] = {}
         for index, raw in enumerate(raw_list):
             where = f"templates[{index}]"
             spec = self.convert(raw, TemplateConfig, where)
@@ -508,36 +615,78 @@ class _Builder:
                     "set `name:` on one of them",
                 )
             names[template.name] = where
-            if template.destination in destinations:
+            out.append((where, template))
+        self.check_destinations(out, providers)
+        return tuple(template for _, template in out)
+
+    def check_destinations(
+        self, templates: list[tuple[str, Template]], providers: Mapping[str, ProviderConfig]
+    ) -> None:
+        """No two templates write one file, and none writes over a file smagent reads.
+
+        Paths are compared with their folders' symlinks resolved: `/var/run/x`
+        and `/run/x` are one file. A destination that is itself a symlink is
+        replaced, not followed, so it is compared as the link.
+        """
+        taken: dict[str, str] = {}
+        for spelling in _spellings(self.path):
+            taken.setdefault(spelling, "the config file")
+        for role, path in _read_files(providers):
+            for spelling in _spellings(Path(path)):
+                taken.setdefault(spelling, role)
+        for where, template in templates:
+            if template.source is not None:
+                for spelling in _spellings(template.source):
+                    taken.setdefault(spelling, f"the source of {where}")
+            for index, action in enumerate(template.on_change):
+                if isinstance(action, SignalPidfileAction):
+                    for spelling in _spellings(Path(action.pidfile)):
+                        taken.setdefault(spelling, f"the pidfile of {where}.on_change[{index}]")
+        writes: dict[str, str] = {}
+        for where, template in templates:
+            key = _destination_key(template.destination)
+            if key in writes:
                 self.issue(
                     f"{where}.destination",
-                    f"{template.destination} is also the destination of "
-                    f"{destinations[template.destination]}",
+                    f"{template.destination} is also the destination of {writes[key]}",
                 )
-            destinations[template.destination] = where
-            out.append(template)
-        return tuple(out)
+            elif key in taken:
+                self.issue(
+                    f"{where}.destination",
+                    f"{template.destination} is {taken[key]}; writing it would replace it",
+                )
+            writes.setdefault(key, where)
 
     def template(
         self, spec: TemplateConfig, where: str, defaults: Defaults | None
     ) -> Template | None:
         self.check_ids(spec, where)
-        if (spec.source is None) == (spec.contents is None):
+        ok = True
+        source = None
+        if {f"{where}.source", f"{where}.contents"} & self.dropped:
+            ok = False  # already reported as invalid
+        elif (spec.source is None) == (spec.contents is None):
             self.issue(
                 where, "give exactly one of `source` (a template file) or `contents` (inline)"
             )
-            return None
-        source = None
-        if spec.source is not None:
-            source = self.absolute(spec.source)
-            if not source.is_file():
-                self.issue(f"{where}.source", f"template file not found: {source}")
-                return None
-        destination = self.absolute(spec.destination)
-        if spec.destination.endswith("/") or (destination.exists() and destination.is_dir()):
-            self.issue(f"{where}.destination", f"{destination} is a folder; name the file to write")
-            return None
+            ok = False
+        elif spec.source is not None:
+            source = self.absolute(spec.source, f"{where}.source")
+            problem = source and _source_problem(source)
+            if problem:
+                self.issue(f"{where}.source", problem)
+            ok = source is not None and not problem
+        destination = problem = None
+        if spec.destination is not None:
+            destination = self.absolute(spec.destination, f"{where}.destination")
+            problem = destination and _destination_problem(destination, spec.destination)
+            if problem:
+                self.issue(f"{where}.destination", problem)
+        elif f"{where}.destination" not in self.dropped:
+            self.issue(f"{where}.destination", "required key is missing")
         actions = self.actions(spec.on_change, f"{where}.on_change")
+        if not ok or destination is None or problem:
+            return None
         mode = (
             spec.mode if spec.mode is not None else (defaults.mode if defaults else FileMode(0o600))
         )
@@ -578,7 +727,7 @@ class _Builder:
                 continue
             action = self.convert(raw, typ, here)
             if action is not None and self.check_action(action, here):
-                out.append(self.absolute_paths(action))
+                out.append(self.absolute_paths(action, here))
         return tuple(out)
 
     def check_action(self, action: Action, where: str) -> bool:
@@ -588,6 +737,9 @@ class _Builder:
         ok = True
         if not action.command:
             self.issue(f"{where}.command", "expected a non-empty list of arguments")
+            ok = False
+        elif not action.command[0].strip():
+            self.issue(f"{where}.command[0]", "expected the program to run, got an empty string")
             ok = False
         if action.timeout <= 0:  # a command given no time at all always fails
             self.issue(f"{where}.timeout", _ZERO_DURATION)
@@ -601,9 +753,14 @@ class _Builder:
             ("group", spec.group, resolve_group),
         ):
             try:
-                resolve(value)
+                number = resolve(value)
             except UnknownOwnerError as exc:
                 self.issue(f"{where}.{key}", str(exc))
+                continue
+            except ValueError:  # a digit string too long to be a number
+                number = MAX_ID + 1
+            if number is not None and number > MAX_ID:
+                self.issue(f"{where}.{key}", f"{key} {_describe(value)}: ids go from 0 to {MAX_ID}")
 
     # -- helpers --
 
@@ -623,23 +780,41 @@ class _Builder:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.issue(key, f"expected a mapping, got {_kind(value)}")
+            self.issue(key, f"expected a mapping, got {_describe(value)}")
             return {}
         return value
 
     def convert(self, raw: object, typ: Any, where: str) -> Any:
-        """msgspec conversion whose errors become ConfigIssues with full key paths."""
+        """msgspec conversion whose errors become ConfigIssues with full key paths.
+
+        msgspec stops at the first error. So that a user sees every problem of
+        an item at once, the key at fault is dropped and the conversion tried
+        again. What converts without it is returned so that the later checks
+        of the item still run; it never reaches a Config, as the issue already
+        recorded makes `build` raise.
+        """
         if raw is None:
             raw = {}
-        try:
-            return msgspec.convert(raw, typ, dec_hook=_dec_hook)
-        except msgspec.ValidationError as exc:
-            self.issues.append(self.explain(exc, raw, typ, where))
-            return None
+        for _ in range(_MAX_RETRIES):
+            try:
+                return msgspec.convert(raw, typ, dec_hook=_dec_hook)
+            except msgspec.ValidationError as exc:
+                issue, culprit = self.explain(exc, raw, typ, where)
+                if issue.key in self.dropped:  # "missing": we took it out ourselves
+                    return None
+                self.issues.append(issue)
+                key = None if culprit is None else _holding_key(culprit)
+                smaller = None if key is None else _without(raw, key)
+                if key is None or smaller is None:
+                    return None
+                raw = smaller
+                self.dropped.add(where + key)
+        return None
 
     def explain(
         self, exc: msgspec.ValidationError, raw: object, typ: Any, where: str
-    ) -> ConfigIssue:
+    ) -> tuple[ConfigIssue, str | None]:
+        """The issue, and the sub-path of the key to drop to look past it (None: stop here)."""
         match = _MSGSPEC_ERROR.match(str(exc))
         assert match is not None
         message, subpath = match["msg"], match["path"] or ""
@@ -647,29 +822,45 @@ class _Builder:
         if found := re.fullmatch(r"Object contains unknown field `(.+)`", message):
             allowed = _allowed_keys(typ, raw, subpath)
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-            return ConfigIssue(self.path, f"{key}.{found[1]}", f"unknown key{hint}")
+            return (
+                ConfigIssue(self.path, f"{key}.{found[1]}", f"unknown key{hint}"),
+                f"{subpath}.{found[1]}",
+            )
         if found := re.fullmatch(r"Object missing required field `(.+)`", message):
-            return ConfigIssue(self.path, f"{key}.{found[1]}", "required key is missing")
+            return ConfigIssue(self.path, f"{key}.{found[1]}", "required key is missing"), None
+        got = _value_at(raw, subpath)
         if found := re.fullmatch(r"Expected `(.+)`, got `(.+)`", message):
             wanted = " or ".join(_TYPE_WORDS.get(t.strip(), t.strip()) for t in found[1].split("|"))
-            got = _value_at(raw, subpath)
-            return ConfigIssue(self.path, key, f"expected {wanted}, got {_describe(got)}")
-        if found := re.fullmatch(r"Invalid value (.+)", message):
-            return ConfigIssue(self.path, key, f"invalid value {found[1]}")
-        return ConfigIssue(self.path, key, message)
+            problem = f"expected {wanted}, got {_describe(got)}"
+        elif message.startswith("Expected `str` matching regex"):
+            problem = _text_problem(got)
+        elif message == "Number out of range":
+            problem = f"expected a number, got {_describe(got)} (out of range)"
+        elif found := re.fullmatch(r"Invalid value (.+)", message):
+            problem = f"invalid value {found[1]}"
+        else:
+            problem = message
+        return ConfigIssue(self.path, key, problem), subpath
 
-    def absolute(self, value: str) -> Path:
-        return Path(os.path.normpath(self.folder / os.path.expanduser(value)))
+    def absolute(self, value: str, where: str) -> Path | None:
+        """`value` against the config folder, or None (and an issue) when no file can have it."""
+        path = Path(os.path.normpath(self.folder / os.path.expanduser(value)))
+        problem = _path_problem(path)
+        if problem is not None:
+            self.issue(where, problem)
+            return None
+        return path
 
-    def absolute_paths(self, struct: Any) -> Any:
+    def absolute_paths(self, struct: Any, where: str) -> Any:
         """Resolve every path-valued field of a struct against the config folder."""
-        changes = {
-            field: str(self.absolute(getattr(struct, field)))
-            for field in _PATH_FIELDS
-            if field in struct.__struct_fields__ and getattr(struct, field) is not None
-        }
+        changes: dict[str, Any] = {}
+        for field in _PATH_FIELDS:
+            value = getattr(struct, field, None)
+            if field in struct.__struct_fields__ and value is not None:
+                path = self.absolute(value, f"{where}.{field}")
+                changes[field] = value if path is None else str(path)
         if "auth" in struct.__struct_fields__:
-            changes["auth"] = self.absolute_paths(struct.auth)
+            changes["auth"] = self.absolute_paths(struct.auth, f"{where}.auth")
         return msgspec.structs.replace(struct, **changes) if changes else struct
 
 
@@ -682,6 +873,51 @@ _PATH_FIELDS = (
     "role_id_file",
     "client_secret_file",
 )
+
+
+def _holding_key(subpath: str) -> str | None:
+    """The sub-path of the mapping key that holds `subpath` (None: the item itself).
+
+    For `.on_change[0].command[1]` it is `.on_change[0].command`: dropping a
+    list item would shift the indexes of the next errors.
+    """
+    parts = _PATH_PART.findall(subpath)
+    names = [i for i, (name, _) in enumerate(parts) if name]
+    if not names:
+        return None
+    return "".join(f".{name}" if name else f"[{index}]" for name, index in parts[: names[-1] + 1])
+
+
+def _without(raw: object, subpath: str) -> object | None:
+    """A copy of `raw` without the mapping key at `subpath` (None: there is no such key)."""
+    return _drop(raw, _PATH_PART.findall(subpath))
+
+
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _drop(node: object, parts: list[tuple[str, str]]) -> object | None:
+    if not parts:
+        return None
+    (name, index), rest = parts[0], parts[1:]
+    if isinstance(node, dict) and name in node:
+        copy = dict(node)
+        if not rest:
+            del copy[name]
+            return copy
+        child = _drop(node[name], rest)
+        if child is None:
+            return None
+        copy[name] = child
+        return copy
+    if isinstance(node, list) and index and int(index) < len(node):
+        child = _drop(node[int(index)], rest)
+        if child is None:
+            return None
+        items = list(node)
+        items[int(index)] = child
+        return items
+    return None
 
 
 def _allowed_keys(typ: Any, raw: object, subpath: str) -> list[str]:
@@ -729,16 +965,163 @@ def _value_at(raw: object, subpath: str) -> object:
     return node
 
 
-def _kind(value: object) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return _describe(value)
-
-
 def _describe(value: object) -> str:
+    """A YAML value in the user's words: short text for a scalar, the shape of a container."""
     if isinstance(value, str | int | float | bool) or value is None:
         text = repr(value)
         return text if len(text) <= 60 else text[:57] + "..."
-    return _kind(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, bytes):
+        return "binary data (!!binary)"
+    return f"a {type(value).__name__}"
+
+
+def _text_problem(value: object) -> str:
+    """Why a string was refused where a name, path or argument is expected."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "a NUL byte (\\0) is not allowed here"
+        if value.strip() and re.search(r"[\x01-\x1f\x7f]", value):
+            shown = _describe(value)
+            return f"a control character (a line break, a tab...) is not allowed here: {shown}"
+        return f"expected a non-empty string, got {_describe(value)}"
+    return f"expected a string, got {_describe(value)}"
+
+
+def _path_problem(path: Path) -> str | None:
+    """Why no file can have this absolute path on Linux, if so (checked before any write)."""
+    size = len(os.fsencode(path))
+    if size > _PATH_MAX:
+        return f"the path is {size} bytes long; the limit is {_PATH_MAX}"
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > _NAME_MAX:
+            return f"the name {_describe(part)} is {size} bytes long; the limit is {_NAME_MAX}"
+    return None
+
+
+def _source_problem(path: Path) -> str | None:
+    """Why a template file cannot be read, if so: it is opened as the renderer will open it."""
+    try:
+        read_regular(path, 0)
+    except FileNotFoundError:
+        return f"template file not found: {path}"
+    except OSError as exc:
+        kind = _special_kind(path)
+        if isinstance(exc, NotRegularFile) or kind is not None:
+            return f"{path} is {kind or 'not a regular file'}; a template must be a regular file"
+        return f"cannot read template file {path}: {_reason(exc)}"
+    return None
+
+
+def _destination_problem(path: Path, written: str) -> str | None:
+    """Why a destination cannot be written, if this host can tell now.
+
+    A missing file or folder is fine (the writer creates them); a symlink is
+    fine (it is replaced, never followed); a FIFO or device is refused, since
+    replacing `/dev/null` with a file is never what was meant.
+    """
+    if written.endswith("/"):
+        return f"{path} is a folder; name the file to write"
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot reach {path}: {_reason(exc)}"
+    if stat.S_ISDIR(info.st_mode):
+        return f"{path} is a folder; name the file to write"
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "a special file")
+        return f"{path} is {kind}; smagent only replaces regular files"
+    return None
+
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _special_kind(path: Path) -> str | None:
+    """'a FIFO', 'a folder'... when `path` exists and is not a regular file; None otherwise."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EACCES:
+        return "permission denied (a folder on the way is not searchable, or the file not readable)"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path that should be a folder is a file"
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def _spellings(path: Path) -> set[str]:
+    """The names by which writing a destination would replace `path`: as written
+    (folders resolved) and, for a symlink, its target."""
+    return {_destination_key(path), os.path.realpath(path)}
+
+
+def _destination_key(path: Path) -> str:
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def _read_files(providers: Mapping[str, ProviderConfig]) -> Iterator[tuple[str, str]]:
+    """(role, path) of every file a provider reads: a destination must not replace one."""
+    for name, provider in providers.items():
+        auth = getattr(provider, "auth", None)
+        for holder, prefix in ((provider, f"providers.{name}"), (auth, f"providers.{name}.auth")):
+            for field in _PATH_FIELDS:
+                value = getattr(holder, field, None)
+                if isinstance(value, str):
+                    yield f"the file of {prefix}.{field}", value
+
+
+_URL_FIELDS = {
+    "vault_url": ("https",),  # the Key Vault client refuses anything else
+    "address": ("https", "http"),
+    "endpoint_url": ("https", "http"),
+}
+
+
+def _url_problem(value: str, schemes: tuple[str, ...]) -> str | None:
+    """Why `value` is not a URL with one of `schemes` and a host, if so."""
+    wanted = " or ".join(f"{scheme}://" for scheme in schemes)
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        return f"expected an {wanted} URL, got {_describe(value)}"
+    if parts.scheme not in schemes or not parts.hostname:
+        return f"expected an {wanted} URL with a host name, got {_describe(value)}"
+    return None
+
+
+_SECRET_FIELDS = ("path", "token_file", "secret_id_file", "client_secret_file")
+"""Path fields whose file holds a secret or a credential (not a CA or a role id)."""
+
+
+def _secret_files(providers: Mapping[str, ProviderConfig]) -> Iterator[tuple[str, str]]:
+    for role, path in _read_files(providers):
+        if role.rsplit(".", 1)[-1] in _SECRET_FIELDS:
+            yield role.removeprefix("the file of "), path
+
+
+def _warn_if_file_exposed(path: Path, role: str) -> None:
+    """A missing or unreadable file is the provider's to report when it reads it."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return
+    warn_if_exposed(path, info, role)
