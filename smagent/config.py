@@ -393,7 +393,7 @@ def load_config(path: Path) -> Config:
     """Read, validate and resolve a config file, or raise ConfigError listing every problem."""
     path = Path(os.path.abspath(path))
     text, info = _read_config(path)
-    warn_if_exposed(path, info, "config file")
+    warn_if_exposed(path, info, "config file", holds_secrets=False)
     raw = _parse_yaml(path, text)
     return _Builder(path, raw).build()
 

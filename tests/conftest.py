@@ -273,6 +273,7 @@ class Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
         secrets = {**self.secrets, "unused-canary": CANARY_FILE}
         (self.root / "secrets.yaml").write_text(yaml.safe_dump(secrets, sort_keys=True))
+        (self.root / "secrets.yaml").chmod(0o600)  # as an operator keeps it: no file.exposed
         leaks.allow_secrets_in(self.root / "secrets.yaml")
         config: dict[str, Any] = {"providers": self.providers, "namespaces": self.namespaces}
         if self.defaults:

@@ -15,6 +15,7 @@ import yaml
 from smagent.config import load_config
 from smagent.exposure import exposure
 from tests.conftest import CANARY, Workspace, run_cli
+from tests.leaks import allow_secrets_in
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 
@@ -23,6 +24,7 @@ def make_file(folder: Path, mode: int, name: str = "secret") -> Path:
     path = folder / name
     path.write_text(f"token: {CANARY}\n")
     path.chmod(mode)
+    allow_secrets_in(path)
     return path
 
 
@@ -95,19 +97,24 @@ def write(folder: Path, data: dict[str, Any], mode: int = 0o600) -> Path:
     return path
 
 
-def test_config_readable_by_others_gets_one_warning(tmp_path: Path) -> None:
-    """A 0644 config: one `file.exposed` warning naming the file and its mode."""
-    path = write(tmp_path, {}, 0o644)
+def test_config_writable_by_others_gets_one_warning(tmp_path: Path) -> None:
+    """A 0666 config: one `file.exposed` warning naming the file, its mode and who may write."""
+    path = write(tmp_path, {}, 0o666)
     assert [
         {
             "event": "file.exposed",
             "log_level": "warning",
             "path": str(path),
             "role": "config file",
-            "mode": "0644",
-            "problem": "readable by every user",
+            "mode": "0666",
+            "problem": "writable by every user; writable by its group",
         }
     ] == load_logging(path)
+
+
+def test_config_readable_by_others_gets_no_warning(tmp_path: Path) -> None:
+    """A 0644 config holds no secret (credentials live in `*_file`s): no warning on each run."""
+    assert [] == load_logging(write(tmp_path, {}, 0o644))
 
 
 def test_private_config_gets_no_warning(tmp_path: Path) -> None:
