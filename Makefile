@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
+	@chmod 600 examples/secrets.yaml  # a secrets file readable by others gets a file.exposed warning
 	SMAGENT_DEMO_API_TOKEN=demo-token-from-env $(BIN)/smagent --config examples/smagent.yaml render --once
 	@echo
 	@echo "== written files (mode, owner, path)"
