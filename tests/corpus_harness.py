@@ -195,7 +195,7 @@ def load_case(path: Path, root: Path = CORPUS) -> Case:
         written=tuple(raw.written),
         may_write=tuple(raw.may_write),
         yaml_equals=raw.yaml_equals,
-        env=raw.env,
+        env={k: _substitute(v.encode()).decode() for k, v in raw.env.items()},
         timeout=raw.timeout,
         pending=raw.pending,
     )
