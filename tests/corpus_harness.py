@@ -373,7 +373,11 @@ class ForkRunner:
     """Cases in children forked from one warm interpreter (corpus_zygote.py)."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen(
+        self._proc = self._start()
+
+    @staticmethod
+    def _start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
             [sys.executable, str(ZYGOTE)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -383,6 +387,8 @@ class ForkRunner:
         )
 
     def run(self, case: Case, root: Path, scratch: Path) -> Result:
+        if self._proc.poll() is not None:  # it died with an earlier case: that one failed
+            self._proc = self._start()
         out, err = scratch / "stdout", scratch / "stderr"
         request = {
             "argv": list(case.argv),

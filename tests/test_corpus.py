@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from tests.corpus_harness import (
     Entry,
     Result,
     Runner,
+    SubprocessRunner,
     allowed_changes,
     changed_paths,
     discover,
@@ -176,3 +178,111 @@ def test_case_files_are_validated(tmp_path: Path) -> None:
     silent.write_text("description: d\ncommand: [check]\nexit: 2\n")
     with pytest.raises(CaseFileError, match="needs stderr_contains"):
         load_case(silent, tmp_path)
+
+
+# --- the checks themselves can fail --------------------------------------------------------------
+
+
+def _synthetic(tmp_path: Path, text: str) -> Case:
+    path = tmp_path / "cases" / "synthetic" / "case.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return load_case(path, tmp_path / "cases")
+
+
+RENDER_FAILS = (
+    "description: d\ncommand: [render, --once]\nexit: 1\nstderr_contains: [t.j2:1]\n"
+    "existing: {out/t: old}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("result", "problem"),
+    [
+        (Result(1, "", "t.j2:1\nTraceback (most recent call last):\n"), "a Python traceback"),
+        (Result(1, "", f"t.j2:1 {CANARY.upper()}"), "a secret leaked (canary upper)"),
+        (Result(1, base64.b64encode(CANARY_USER.encode()).decode(), "t.j2:1"), "user base64"),
+        (Result(2, "", "t.j2:1"), "exit 2, expected 1"),
+        (Result(1, "", "t.j2:2"), "stderr lacks 't.j2:1'"),
+        (Result(1, "", "t.j2:1", timed_out=True), "no exit within 20s"),
+    ],
+)
+def test_checker_refuses_bad_outcomes(tmp_path: Path, result: Result, problem: str) -> None:
+    """A traceback, a leak, a wrong exit code or message, a hang: each fails the case."""
+    case = _synthetic(tmp_path, RENDER_FAILS)
+    root = materialize(case, tmp_path / "ws")
+    state = snapshot(root)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        _check(case, result, root, state, state)
+    assert problem in str(failed.value)
+    assert [] == [name for name, form in LEAK_FORMS.items() if form in str(failed.value)]
+
+
+def test_checker_refuses_a_changed_file_and_a_new_one(tmp_path: Path) -> None:
+    """The failed template's old file rewritten, or any file not allowed created, fails the case."""
+    case = _synthetic(tmp_path, RENDER_FAILS)
+    root = materialize(case, tmp_path / "ws")
+    before = snapshot(root)
+    (root / "out" / "t").write_text("new")
+    (root / "stray").write_text("x")
+    with pytest.raises(pytest.fail.Exception, match=r"unexpected writes: \['out/t', 'stray'\]"):
+        _check(case, Result(1, "", "t.j2:1"), root, before, snapshot(root))
+
+
+def test_checker_refuses_yaml_that_reads_back_wrong(tmp_path: Path) -> None:
+    """A written file that does not parse, or parses to other data, fails the case."""
+    case = _synthetic(
+        tmp_path,
+        "description: d\ncommand: [render, --once]\nexit: 0\nwritten: [out/c]\n"
+        "yaml_equals: {out/c: {password: '@CANARY@'}}\n",
+    )
+    root = materialize(case, tmp_path / "ws")
+    before = snapshot(root)
+    (root / "out").mkdir()
+    for text, problem in (
+        (f'password: "{CANARY}\n', "is not valid YAML"),
+        (f"password: {CANARY}x\n", "does not read back as expected"),
+    ):
+        (root / "out" / "c").write_text(text)
+        with pytest.raises(pytest.fail.Exception, match=problem) as failed:
+            _check(case, Result(0, "", ""), root, before, snapshot(root))
+        assert CANARY not in str(failed.value)
+
+
+AGREEMENT_SAMPLE = (
+    "config-syntax/duplicate-top-key",
+    "config-schema/many-errors-reported-at-once",
+    "templates/undefined-variable",
+    "secrets/a-fifo",
+    "get/missing-key",
+    "leaks/dry-run-prints-line-numbers-only",
+    "arcion/replicant-connection-file",
+    "cli/unknown-command",
+)
+
+
+def _normalized(result: Result, root: Path) -> str:
+    """Exit code, stdout and log lines with the folder, times and durations taken out.
+
+    Canaries are masked too: a mismatch is printed, and must not print a leak.
+    """
+    lines: list[object] = [result.exit, result.stdout.replace(str(root), "<ROOT>")]
+    for line in result.stderr.replace(str(root), "<ROOT>").splitlines():
+        event = json.loads(line) if line.startswith("{") else line
+        if isinstance(event, dict):
+            event = {k: v for k, v in event.items() if k not in ("timestamp", "ms")}
+        lines.append(event)
+    return _scrub(json.dumps(lines, indent=1))
+
+
+@pytest.mark.parametrize("case_id", AGREEMENT_SAMPLE)
+def test_fork_runner_matches_a_real_process(case_id: str, runner: Runner, tmp_path: Path) -> None:
+    """A case run in a forked child gives what the real `smagent` script gives, line for line."""
+    case = next(case for case in CASES if case.id == case_id)
+    outcomes = []
+    for name, run in (("fork", runner), ("process", SubprocessRunner())):
+        root = materialize(case, tmp_path / name / "ws")
+        (tmp_path / name / "scratch").mkdir()
+        outcomes.append(_normalized(run.run(case, root, tmp_path / name / "scratch"), root))
+    forked, real = outcomes
+    assert real == forked
