@@ -31,7 +31,7 @@ from typing import IO, Any, Protocol, cast
 import msgspec
 import yaml
 
-from tests.conftest import CANARY, CANARY_USER
+from tests.conftest import CANARY, CANARY_ENV, CANARY_ENV_NAME, CANARY_FILE, CANARY_USER
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 ZYGOTE = Path(__file__).resolve().parent / "corpus_zygote.py"
@@ -39,7 +39,11 @@ CASE_FILE = "case.yaml"
 MEMORY_CAP = 2 << 30
 """Address-space cap per case: a YAML bomb that escapes its bounds fails, not the host."""
 
-PLACEHOLDERS = {b"@CANARY@": CANARY.encode(), b"@CANARY_USER@": CANARY_USER.encode()}
+PLACEHOLDERS = {
+    b"@CANARY@": CANARY.encode(),
+    b"@CANARY_USER@": CANARY_USER.encode(),
+    b"@CANARY_FILE@": CANARY_FILE.encode(),
+}
 """Case files write the canaries as placeholders, so no canary literal sits in the corpus."""
 
 NO_WRITE_COMMANDS = ("check", "get", "test-connection")
@@ -57,6 +61,7 @@ prod/db:
 api-token: "@CANARY@-token"
 plain: just-text
 blob: !!binary {_BLOB}
+unused: "@CANARY_FILE@"
 """
 """The secrets every case has unless it writes its own `secrets.yaml`."""
 
@@ -175,7 +180,7 @@ def load_case(path: Path, root: Path = CORPUS) -> Case:
     if folder_case:
         for item in sorted(path.parent.rglob("*")):
             if item.is_file() and item != path:
-                files[str(item.relative_to(path.parent))] = _substitute(item.read_bytes())
+                files[str(item.relative_to(path.parent))] = substitute(item.read_bytes())
     for name, spec in raw.files.items():
         files[name] = _content(spec, f"{path}: files.{name}")
     argv = tuple(raw.command)
@@ -191,11 +196,11 @@ def load_case(path: Path, root: Path = CORPUS) -> Case:
         stdout_contains=_strings(raw.stdout_contains),
         output_lacks=_strings(raw.output_lacks),
         files=files,
-        existing={k: _substitute(v.encode()) for k, v in raw.existing.items()},
+        existing={k: substitute(v.encode()) for k, v in raw.existing.items()},
         written=tuple(raw.written),
         may_write=tuple(raw.may_write),
         yaml_equals=raw.yaml_equals,
-        env={k: _substitute(v.encode()).decode() for k, v in raw.env.items()},
+        env={k: substitute(v.encode()).decode() for k, v in raw.env.items()},
         timeout=raw.timeout,
         pending=raw.pending,
     )
@@ -217,7 +222,7 @@ def _strings(value: str | list[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _substitute(data: bytes) -> bytes:
+def substitute(data: bytes) -> bytes:
     for placeholder, value in PLACEHOLDERS.items():
         data = data.replace(placeholder, value)
     return data
@@ -226,7 +231,7 @@ def _substitute(data: bytes) -> bytes:
 def _content(spec: object, where: str) -> bytes | Special:
     """A file's content: text, a list of pieces joined, or one special form (README)."""
     if isinstance(spec, str):
-        return _substitute(spec.encode())
+        return substitute(spec.encode())
     if isinstance(spec, list):
         pieces = [_content(piece, where) for piece in spec]
         if not all(isinstance(p, bytes) for p in pieces):
@@ -234,9 +239,9 @@ def _content(spec: object, where: str) -> bytes | Special:
         return b"".join(cast(list[bytes], pieces))
     if isinstance(spec, dict) and len(spec) >= 1:
         if spec.keys() == {"text", "repeat"}:
-            return _substitute(str(spec["text"]).encode()) * int(spec["repeat"])
+            return substitute(str(spec["text"]).encode()) * int(spec["repeat"])
         if spec.keys() == {"base64"}:
-            return _substitute(base64.b64decode(spec["base64"]))
+            return substitute(base64.b64decode(spec["base64"]))
         if spec.keys() == {"fifo"} or spec.keys() == {"folder"} or spec.keys() == {"absent"}:
             return Special(next(iter(spec)))
         if spec.keys() == {"symlink"} or spec.keys() == {"hardlink"}:
@@ -252,8 +257,8 @@ def materialize(case: Case, root: Path) -> Path:
     """The case's files in `root` (the child's working folder), defaults filled in."""
     root.mkdir(parents=True)
     files: dict[str, bytes | Special] = {
-        "smagent.yaml": _substitute(DEFAULT_CONFIG.encode()),
-        "secrets.yaml": _substitute(DEFAULT_SECRETS.encode()),
+        "smagent.yaml": substitute(DEFAULT_CONFIG.encode()),
+        "secrets.yaml": substitute(DEFAULT_SECRETS.encode()),
         **case.files,
     }
     links = []
@@ -355,6 +360,7 @@ def child_env(case: Case, root: Path) -> dict[str, str]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
         "HOME": str(root),
+        CANARY_ENV_NAME: CANARY_ENV,  # the env provider holds a canary too
         **case.env,
     }
 
@@ -366,7 +372,10 @@ class Runner(Protocol):
 
 
 def _read(path: Path) -> str:
-    return path.read_bytes().decode("utf-8", "replace")
+    """The text of a captured stream; the file goes (it may hold a leak that the case reports)."""
+    text = path.read_bytes().decode("utf-8", "replace")
+    path.unlink()
+    return text
 
 
 class ForkRunner:
