@@ -57,7 +57,7 @@ prod/db:
   host: db.internal
   port: 5432
   nested: {{deep: {{value: leaf-1234}}}}
-  list: [zero, one]
+  list: [item-0, item-1]
 api-token: "@CANARY@-token"
 plain: just-text
 blob: !!binary {_BLOB}
