@@ -468,3 +468,20 @@ def make_runner() -> Runner:
     if kind == "fork":
         return ForkRunner()
     raise ValueError(f"SMAGENT_CORPUS_RUNNER must be fork or subprocess, not {kind!r}")
+
+
+def figures(cases: list[Case]) -> str:
+    """The corpus in numbers, for README's Reliability section."""
+    by_category: dict[str, int] = {}
+    for case in cases:
+        by_category[case.category] = by_category.get(case.category, 0) + 1
+    by_exit = {code: sum(code in case.exits for case in cases) for code in (0, 1, 2)}
+    pending = sum(case.pending is not None for case in cases)
+    lines = [f"bad-input corpus: {len(cases)} cases, {pending} pending"]
+    lines += [f"  {name:<14} {count:>4}" for name, count in sorted(by_category.items())]
+    lines.append("  expecting exit " + ", ".join(f"{c}: {n}" for c, n in by_exit.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m tests.corpus_harness
+    print(figures(discover()))

@@ -2,9 +2,10 @@
 
 For each case (format: tests/corpus/README.md) the CLI runs in a fresh folder and
 must give the expected exit code and message, never a Python traceback, never a
-canary secret (or a simple transform of one) on stdout or stderr, and change no
+canary secret in any form tests/leaks.py knows on stdout or stderr, and change no
 file but those the case allows: nothing at all on exit 2, with --dry-run, or for
-check/get; on exit 1 the failed template's previous file stays as it was.
+check/get; on exit 1 the failed template's previous file stays as it was. The
+autouse no-leaks fixture then checks every other file the case left in tmp_path.
 """
 
 from __future__ import annotations
