@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import contextvars
 import functools
+import inspect
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -427,6 +428,8 @@ def _literals(env: jinja2.Environment, name: str, seen: set[str] | None = None) 
             text = str(node.value)
             found.add(text)
             found.update(re.split(r"[/.:]", text))
+            # `PROVIDER:ID` and `NS/KEY`: the id or key as a whole (an id may hold `/` or `:`)
+            found.update(part for sep in ":/" if sep in text for part in text.split(sep, 1))
         elif isinstance(
             node, nodes.Include | nodes.Import | nodes.FromImport | nodes.Extends
         ) and isinstance(node.template, nodes.Const):
@@ -655,12 +658,13 @@ class Renderer:
         return tuple(problems)
 
     def _secret_function(self, ctx: _Context) -> Callable[..., Any]:
-        def secret(
-            reference: str,
-            key: str | None = None,
-            version: str | int | None = None,
-            stage: str | None = None,
-        ) -> Any:
+        def secret(*args: Any, **kwargs: Any) -> Any:
+            try:
+                bound = _SECRET_SIGNATURE.bind(*args, **kwargs).arguments
+            except TypeError as exc:  # names an argument, never a value
+                raise ReferenceProblem(f"secret(): {exc}; {_HOW_TO_CALL}") from None
+            reference = bound["reference"]
+            key, version, stage = (bound.get(name) for name in ("key", "version", "stage"))
             try:
                 lookup = parse_secret_call(
                     reference,
@@ -683,6 +687,21 @@ class Renderer:
             return ctx.value(lookup)
 
         return secret
+
+
+_SECRET_SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter("reference", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        *(
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+            for name in ("key", "version", "stage")
+        ),
+    ]
+)
+"""How a template may call `secret()`; checked by hand so a wrong call is a clear error."""
+_HOW_TO_CALL = (
+    "call it as secret('NS/KEY') or secret('PROVIDER:SECRET_ID', key=..., version=..., stage=...)"
+)
 
 
 def _provider_files(config: Config) -> dict[Path, str]:
