@@ -64,8 +64,13 @@ from smagent.references import ARCION_SCHEME
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject
 
 _TOKEN = re.compile(
-    re.escape(ARCION_SCHEME) + r"(?P<ref>[A-Za-z_][A-Za-z0-9_-]*/[A-Za-z0-9_.-]*[A-Za-z0-9_-])"
+    re.escape(ARCION_SCHEME)
+    + r"(?P<ref>[A-Za-z_][A-Za-z0-9_-]*/[A-Za-z0-9_.-]*[A-Za-z0-9_-]|[^\s'\"\[\]{},#]*)"
 )
+"""A token: `NS/KEY`, or else whatever follows the scheme up to a YAML delimiter. A
+malformed token (`arcion-sm://a/`, `arcion-sm://9a/x`) is a site like the others, so
+the reference parser refuses it with its reason, where it stands (a scalar: the
+template fails; a comment: left as written), instead of going out unreplaced."""
 _CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")
 _ADVICE = (
     "write the token alone as the value (`key: {token}`) or inside a double-quoted value "

@@ -419,6 +419,25 @@ def test_commented_token_needs_no_secret(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        ("arcion-sm://m/", "ends with '/'"),
+        ("arcion-sm://9m/v", "is not a reference"),
+        ("arcion-sm://", "needs a reference"),
+    ],
+)
+def test_malformed_token_is_refused_not_written_through(
+    tmp_path: Path, token: str, reason: str
+) -> None:
+    """A token that names no NS/KEY fails the template with the reason; in a comment it stays."""
+    outcome = render_text(tmp_path, f"k: {token}\n", {"v": "a"})
+    assert None is outcome.output
+    assert reason in problems(outcome)
+    commented = render_text(tmp_path, f"# k: {token}\nk: arcion-sm://m/v\n", {"v": "a"})
+    assert f"# k: {token}\nk: a\n".encode() == commented.output
+
+
 def test_filter_that_changes_a_token_is_refused(tmp_path: Path) -> None:
     """A token whose text a filter changed ({% filter upper %}) is an error, not garbage."""
     text = "{% filter upper %}k: arcion-sm://m/v{% endfilter %}\n"
