@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from smagent import __version__
-from smagent.config import Config, ConfigError, Template, find_config_path, load_config
+from smagent.config import Config, ConfigError, TemplateSpec, find_config_path, load_config
 from smagent.logging import REDACTOR, configure
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _select(config: Config, names: list[str]) -> tuple[Template, ...]:
+def _select(config: Config, names: list[str]) -> tuple[TemplateSpec, ...]:
     """The templates `--template` names; a name that matches none is a usage error."""
     unknown = []
     for name in dict.fromkeys(names):

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from smagent.config import EnvProvider as EnvProviderConfig
-from smagent.config import ProviderConfig, load_config
+from smagent.config import EnvProviderConfig, ProviderConfig, load_config
 from smagent.providers import ProviderSetupError, create_provider
 from smagent.providers.base import (
     BadValue,

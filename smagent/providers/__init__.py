@@ -24,11 +24,11 @@ class ProviderSetupError(Exception):
 def create_provider(name: str, config: ProviderConfig) -> Provider:
     from smagent import config as cfg
 
-    if isinstance(config, cfg.FileProvider):
+    if isinstance(config, cfg.FileProviderConfig):
         from smagent.providers.file import FileProvider
 
         return FileProvider(name, config)
-    if isinstance(config, cfg.EnvProvider):
+    if isinstance(config, cfg.EnvProviderConfig):
         from smagent.providers.env import EnvProvider
 
         return EnvProvider(name, config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from smagent.config import EnvProvider as EnvProviderConfig
+from smagent.config import EnvProviderConfig
 from smagent.providers.base import FetchResult, NotFound, SecretValue
 from smagent.references import SecretRef
 

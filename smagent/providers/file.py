@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from smagent.config import FileProvider as FileProviderConfig
+from smagent.config import FileProviderConfig
 from smagent.providers import secrets_yaml
 from smagent.providers.base import BadValue, FetchResult, NotFound, SecretValue, Unavailable
 from smagent.providers.blocking import BlockingWorker
