@@ -27,6 +27,7 @@ from smagent.providers.base import (
     Provider,
     ProviderError,
     SecretValue,
+    Throttled,
     Unavailable,
 )
 from smagent.providers.env import EnvProvider
@@ -577,3 +578,22 @@ def test_binary_secret_value_hides_its_bytes() -> None:
     assert "SecretValue(<redacted>, version=None)" == repr(value)
     assert True is value.is_binary
     assert CANARY.encode() == value.reveal()
+
+
+def test_a_batch_error_given_to_each_ref_keeps_its_kind_and_retry_after() -> None:
+    """for_ref: the same kind, words and retry_after, about another reference."""
+    batch = Throttled(None, "Rate exceeded", retry_after=1.5)
+
+    one = batch.for_ref(ref("prod/db"))
+
+    assert isinstance(one, Throttled)
+    assert (ref("prod/db"), "Rate exceeded", 1.5) == (one.ref, one.detail, one.retry_after)
+    assert f"{STORE}:prod/db: Rate exceeded" == str(one)
+    assert None is batch.ref
+
+
+def test_secret_values_are_the_same_only_with_value_and_version() -> None:
+    """same_as compares value and version (a refresh's question), never by repr."""
+    assert SecretValue("a", "v1").same_as(SecretValue("a", "v1"))
+    assert not SecretValue("a", "v1").same_as(SecretValue("a", "v2"))
+    assert not SecretValue("a").same_as(SecretValue(b"a"))
