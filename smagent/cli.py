@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from smagent import __version__
-from smagent.config import Config, ConfigError, Template, find_config_path, load_config
+from smagent.config import Config, ConfigError, TemplateSpec, find_config_path, load_config
 from smagent.logging import REDACTOR, configure
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _select(config: Config, names: list[str]) -> tuple[Template, ...]:
+def _select(config: Config, names: list[str]) -> tuple[TemplateSpec, ...]:
     """The templates `--template` names; a name that matches none is a usage error."""
     unknown = []
     for name in dict.fromkeys(names):
@@ -269,38 +269,44 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
 
 
 async def _test_connection(providers: dict[str, Provider], config: Config, names: list[str]) -> int:
-    from smagent.providers.base import ProviderError, Unavailable
-
-    failed = False
+    """Every named provider at once, each within fetch_timeout; reported in the order asked."""
     limit = float(config.defaults.fetch_timeout)
-    for name in names:
+    outcomes = await asyncio.gather(*(_test_one(providers[name], limit) for name in names))
+    for name, problem in zip(names, outcomes, strict=True):
         kind = type(config.providers[name]).__struct_config__.tag
-        try:
-            try:
-                async with asyncio.timeout(limit):
-                    await providers[name].test_connection()
-            except TimeoutError:
-                raise Unavailable(None, f"no answer within {limit:g}s (fetch_timeout)") from None
-        except ProviderError as exc:
-            _out(f"{name} ({kind}): failed: {exc.kind}: {exc.detail}")
-            failed = True
-        else:
-            _out(f"{name} ({kind}): ok")
-    return EXIT_FAILED if failed else EXIT_OK
+        _out(f"{name} ({kind}): ok" if problem is None else f"{name} ({kind}): failed: {problem}")
+    return EXIT_FAILED if any(outcomes) else EXIT_OK
+
+
+async def _test_one(provider: Provider, limit: float) -> str | None:
+    """None when the provider's connection test passed, else what failed (no value in it)."""
+    from smagent.logging import get_logger
+    from smagent.providers.base import ProviderError
+
+    try:
+        async with asyncio.timeout(limit):
+            await provider.test_connection()
+    except TimeoutError:
+        return f"unavailable: no answer within {limit:g}s (fetch_timeout)"
+    except ProviderError as exc:
+        return f"{exc.kind}: {exc.detail}"
+    except Exception as exc:  # a provider's bug: its type, never its text (it may hold a value)
+        get_logger().error(
+            "provider.crashed", provider=provider.name, error_type=type(exc).__name__
+        )
+        return f"provider error: internal error in provider ({type(exc).__name__})"
+    return None
 
 
 async def _with_providers(config: Config, command: Any, *args: Any) -> Any:
-    """Create the configured providers, run `command(providers, *args)`, always close them."""
-    from smagent.providers import ProviderSetupError, close_providers, create_providers
+    """Open the configured providers, run `command(providers, *args)`, always close them."""
+    from smagent.providers import ProviderSetupError, open_providers
 
     try:
-        providers = create_providers(config.providers)
+        async with open_providers(config.providers) as providers:
+            return await command(providers, *args)
     except ProviderSetupError as exc:
         raise UsageError(f"{config.path}: {exc}") from None
-    try:
-        return await command(providers, *args)
-    finally:
-        await close_providers(providers)
 
 
 # --- parser --------------------------------------------------------------------------------------

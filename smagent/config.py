@@ -183,13 +183,13 @@ class _ProviderBase(_Strict, tag_field="type", frozen=True, kw_only=True):
     max_concurrency: int = 10
 
 
-class AwsProvider(_ProviderBase, tag="aws", frozen=True, kw_only=True):
+class AwsProviderConfig(_ProviderBase, tag="aws", frozen=True, kw_only=True):
     region: Text | None = None
     endpoint_url: Text | None = None
     profile: Text | None = None
 
 
-class AzureProvider(_ProviderBase, tag="azure", frozen=True, kw_only=True):
+class AzureProviderConfig(_ProviderBase, tag="azure", frozen=True, kw_only=True):
     vault_url: Text
     credential: Literal["default", "managed_identity", "client_secret"] = "default"
     tenant_id: Text | None = None
@@ -208,22 +208,28 @@ class VaultTokenAuth(_Strict, tag_field="method", tag="token", frozen=True, kw_o
     token_file: Text | None = None
 
 
-class VaultProvider(_ProviderBase, tag="vault", frozen=True, kw_only=True):
+class VaultProviderConfig(_ProviderBase, tag="vault", frozen=True, kw_only=True):
     address: Text
     auth: VaultApproleAuth | VaultTokenAuth
     namespace: Text | None = None
     ca_cert: Text | None = None
 
 
-class FileProvider(_ProviderBase, tag="file", frozen=True, kw_only=True):
+class FileProviderConfig(_ProviderBase, tag="file", frozen=True, kw_only=True):
     path: Text
 
 
-class EnvProvider(_ProviderBase, tag="env", frozen=True, kw_only=True):
+class EnvProviderConfig(_ProviderBase, tag="env", frozen=True, kw_only=True):
     pass
 
 
-ProviderConfig = AwsProvider | AzureProvider | VaultProvider | FileProvider | EnvProvider
+ProviderConfig = (
+    AwsProviderConfig
+    | AzureProviderConfig
+    | VaultProviderConfig
+    | FileProviderConfig
+    | EnvProviderConfig
+)
 PROVIDER_TYPES = ("aws", "azure", "vault", "file", "env")
 
 
@@ -283,7 +289,7 @@ class TemplateConfig(_Strict, frozen=True, kw_only=True):
 
 
 @dataclass(frozen=True, slots=True)
-class Template:
+class TemplateSpec:
     """A template as the pipeline uses it: absolute paths, defaults applied."""
 
     name: str
@@ -303,17 +309,17 @@ class Config:
     namespaces: Mapping[str, Namespace]
     namespace_refresh: Mapping[str, Duration]
     defaults: Defaults
-    templates: tuple[Template, ...]
+    templates: tuple[TemplateSpec, ...]
 
     @property
     def folder(self) -> Path:
         return self.path.parent
 
-    def select(self, names: list[str]) -> tuple[Template, ...]:
+    def select(self, names: list[str]) -> tuple[TemplateSpec, ...]:
         """Templates matching `--template` names (name, source or destination as written)."""
         if not names:
             return self.templates
-        chosen: list[Template] = []
+        chosen: list[TemplateSpec] = []
         unknown: list[str] = []
         for wanted in names:
             found = [
@@ -337,7 +343,7 @@ class Config:
         return tuple(chosen)
 
 
-def _template_aliases(template: Template, folder: Path) -> set[str]:
+def _template_aliases(template: TemplateSpec, folder: Path) -> set[str]:
     """A template answers to its name and to its source or destination path, written
     absolute, relative to the config folder, or relative to the current folder."""
     aliases = {template.name}
@@ -529,7 +535,7 @@ class _Builder:
             value = getattr(provider, key, None)
             if value is not None and (problem := _url_problem(value, schemes)):
                 self.issue(f"{where}.{key}", problem)
-        if isinstance(provider, AzureProvider):
+        if isinstance(provider, AzureProviderConfig):
             if provider.credential == "client_secret":
                 for key in ("tenant_id", "client_id", "client_secret_file"):
                     if getattr(provider, key) is None:
@@ -591,14 +597,14 @@ class _Builder:
 
     def templates(
         self, defaults: Defaults | None, providers: Mapping[str, ProviderConfig]
-    ) -> tuple[Template, ...]:
+    ) -> tuple[TemplateSpec, ...]:
         raw_list = self.raw.get("templates")
         if raw_list is None:
             return ()
         if not isinstance(raw_list, list):
             self.issue("templates", f"expected a list, got {_describe(raw_list)}")
             return ()
-        out: list[tuple[str, Template]] = []
+        out: list[tuple[str, TemplateSpec]] = []
         names: dict[str, str] = {}
         for index, raw in enumerate(raw_list):
             where = f"templates[{index}]"
@@ -620,7 +626,7 @@ class _Builder:
         return tuple(template for _, template in out)
 
     def check_destinations(
-        self, templates: list[tuple[str, Template]], providers: Mapping[str, ProviderConfig]
+        self, templates: list[tuple[str, TemplateSpec]], providers: Mapping[str, ProviderConfig]
     ) -> None:
         """No two templates write one file, and none writes over a file smagent reads.
 
@@ -659,7 +665,7 @@ class _Builder:
 
     def template(
         self, spec: TemplateConfig, where: str, defaults: Defaults | None
-    ) -> Template | None:
+    ) -> TemplateSpec | None:
         self.check_ids(spec, where)
         ok = True
         source = None
@@ -696,7 +702,7 @@ class _Builder:
             name = source.name
         else:
             name = destination.name
-        return Template(
+        return TemplateSpec(
             name=name,
             destination=destination,
             mode=int(mode),

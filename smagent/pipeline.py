@@ -23,7 +23,7 @@ from pathlib import Path
 
 from smagent import writer
 from smagent.actions import ActionResult, run_actions
-from smagent.config import Config, Template
+from smagent.config import Config, TemplateSpec
 from smagent.logging import get_logger
 from smagent.providers.base import Provider
 from smagent.references import Lookup, SecretRef
@@ -48,7 +48,7 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class TemplateResult:
-    template: Template
+    template: TemplateSpec
     status: Status
     lookups: frozenset[Lookup] = frozenset()
     problems: tuple[Problem, ...] = ()
@@ -76,7 +76,7 @@ class Pipeline:
         self.renderer = Renderer(config)
         self._warned_folders: set[Path] = set()
 
-    def _prepare_folders(self, templates: Sequence[Template], dry_run: bool) -> None:
+    def _prepare_folders(self, templates: Sequence[TemplateSpec], dry_run: bool) -> None:
         """Before a pass: warn once about exposed folders; remove dead writers' leftovers.
 
         A folder others can write to is a standing risk, not an event: one
@@ -111,7 +111,7 @@ class Pipeline:
                 log.info("tempfile.in_use", path=str(path), template=template_name)
 
     async def run(
-        self, templates: Sequence[Template] | None = None, *, dry_run: bool = False
+        self, templates: Sequence[TemplateSpec] | None = None, *, dry_run: bool = False
     ) -> PassResult:
         started = time.monotonic()
         chosen = list(self.config.templates if templates is None else templates)
@@ -134,7 +134,7 @@ class Pipeline:
         return result
 
     async def render_all(
-        self, templates: Sequence[Template], resolver: Resolver
+        self, templates: Sequence[TemplateSpec], resolver: Resolver
     ) -> list[RenderOutcome]:
         """Render in rounds until every template is complete or failed."""
         outcomes: dict[int, RenderOutcome] = {}
@@ -168,7 +168,7 @@ class Pipeline:
         return [outcomes[i] for i in range(len(templates))]
 
     async def _finish(
-        self, template: Template, outcome: RenderOutcome, dry_run: bool
+        self, template: TemplateSpec, outcome: RenderOutcome, dry_run: bool
     ) -> TemplateResult:
         name = template.name
         if outcome.output is None:
@@ -207,7 +207,7 @@ class Pipeline:
         return TemplateResult(template, status, outcome.lookups)
 
     async def _dry_run(
-        self, template: Template, spec: writer.FileSpec, outcome: RenderOutcome
+        self, template: TemplateSpec, spec: writer.FileSpec, outcome: RenderOutcome
     ) -> TemplateResult:
         assert outcome.output is not None
         would = await asyncio.to_thread(writer.compare, spec, outcome.output)
@@ -219,7 +219,7 @@ class Pipeline:
         return TemplateResult(template, Status.WOULD_WRITE, outcome.lookups, changed_lines=lines)
 
 
-def _changed_lines(template: Template, new: bytes) -> tuple[int, ...]:
+def _changed_lines(template: TemplateSpec, new: bytes) -> tuple[int, ...]:
     """Line numbers (1-based, in the new file) that differ from the file on disk."""
     try:
         old, _ = read_regular(template.destination, follow_symlinks=False)  # replaced, not read

@@ -46,7 +46,7 @@ from jinja2 import nodes
 from jinja2.utils import object_type_repr
 
 from smagent import arcion, filters, sandbox
-from smagent.config import Config, Template
+from smagent.config import Config, TemplateSpec
 from smagent.loader import TemplateLoader, Unloadable
 from smagent.providers.base import FetchResult, ProviderError
 from smagent.references import (
@@ -532,14 +532,14 @@ class Renderer:
         for template in config.templates:
             self._names[template.name] = self._register(template)
 
-    def _register(self, template: Template) -> str:
+    def _register(self, template: TemplateSpec) -> str:
         if template.source is not None:
             return str(template.source)
         key = f"<inline {template.name}>"
         self.loader.inline[key] = template.contents or ""
         return key
 
-    def template_file(self, template: Template) -> str:
+    def template_file(self, template: TemplateSpec) -> str:
         return str(template.source) if template.source is not None else template.name
 
     def _known_text(self, name: str, compiled: jinja2.Template) -> frozenset[str]:
@@ -550,7 +550,9 @@ class Renderer:
         self._known[name] = (compiled, known)
         return known
 
-    def render(self, template: Template, values: Mapping[SecretRef, FetchResult]) -> RenderOutcome:
+    def render(
+        self, template: TemplateSpec, values: Mapping[SecretRef, FetchResult]
+    ) -> RenderOutcome:
         """Render once with `values`; see the module docstring for what an outcome means."""
         ctx = _Context(values, self.namespaces, self.providers, known=self._config_known)
         name = self._names.get(template.name) or self._register(template)

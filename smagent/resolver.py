@@ -3,17 +3,25 @@
 The resolver is why a secret used by ten templates and twenty keys costs one
 request: it keeps every result of a pass (`results`), asks each provider only
 for the references it has not answered yet, and sends each provider's batch
-concurrently with the others. A pass has a deadline (`timeout`): a provider
-that does not answer in time yields `Unavailable` for its references, so
-`render --once` never hangs. The deadline is for the whole pass, however many
-rounds of references it takes, not per request.
+concurrently with the others. Before that, each reference is put in its
+provider's one spelling (`Provider.canonical`): `stage=None` and
+`stage="AWSCURRENT"`, a name and its ARN, are one fetch. The result is kept
+under the canonical ref AND under every spelling a template wrote, since the
+renderer looks values up by the ref it wrote.
+
+A pass has a deadline (`timeout`): a provider that does not answer in time
+yields `Unavailable` for its references, so `render --once` never hangs. The
+deadline is for the whole pass, however many rounds of references it takes,
+not per request; providers see it (`retry.DEADLINE`) so that their retries
+never sleep past it.
 
 Each fetched value is registered with the redactor before anyone can log it,
 then checked (`values.value_problem`): a value no template could use (text
 that is not valid Unicode, JSON nested past the limit) becomes a `BadValue`
 for that one secret. Whatever a provider does, its damage stays inside its
 own batch: an exception, a missing answer or an answer of the wrong type
-fails only the references it was asked for.
+fails only the references it was asked for, as `ProviderBug`, which is not
+transient (a bug does not go away by asking again).
 """
 
 from __future__ import annotations
@@ -29,10 +37,12 @@ from smagent.providers.base import (
     FetchResult,
     NotFound,
     Provider,
+    ProviderBug,
     ProviderError,
     SecretValue,
     Unavailable,
 )
+from smagent.providers.retry import DEADLINE
 from smagent.references import SecretRef
 from smagent.values import value_problem
 
@@ -57,16 +67,40 @@ class Resolver:
     async def resolve(self, refs: Iterable[SecretRef]) -> Mapping[SecretRef, FetchResult]:
         """Fetch what is not known yet; return the results for `refs`."""
         wanted = set(refs)
+        spellings: dict[SecretRef, set[SecretRef]] = {}
+        for ref in wanted - self.results.keys():
+            canonical = self._canonical(ref)
+            if isinstance(canonical, ProviderError):
+                self.results[ref] = canonical
+            else:
+                spellings.setdefault(canonical, set()).add(ref)
         todo: dict[str, list[SecretRef]] = {}
-        for ref in sorted(wanted - self.results.keys(), key=str):
-            todo.setdefault(ref.provider, []).append(ref)
+        for canonical in sorted(spellings.keys() - self.results.keys(), key=str):
+            todo.setdefault(canonical.provider, []).append(canonical)
         if todo:
             if self._deadline is None:
                 self._deadline = asyncio.get_running_loop().time() + self.timeout
             batches = [self._fetch(name, batch) for name, batch in todo.items()]
             for found in await asyncio.gather(*batches):
                 self.results.update(found)
+        for canonical, written in spellings.items():
+            for ref in written:
+                self.results[ref] = self.results[canonical]
         return {ref: self.results[ref] for ref in wanted}
+
+    def _canonical(self, ref: SecretRef) -> SecretRef | ProviderError:
+        """The provider's one spelling of `ref` (it must stay a ref of the same provider)."""
+        provider = self.providers.get(ref.provider)
+        if provider is None:
+            return ref  # _fetch reports the unknown provider
+        try:
+            canonical = provider.canonical(ref)
+        except Exception as exc:
+            log.error("provider.crashed", provider=ref.provider, error_type=type(exc).__name__)
+            return ProviderBug(ref, f"internal error in provider ({type(exc).__name__})")
+        if not isinstance(canonical, SecretRef) or canonical.provider != ref.provider:
+            return ProviderBug(ref, "the provider gave an invalid spelling for this secret")
+        return canonical
 
     async def _fetch(self, name: str, refs: list[SecretRef]) -> dict[SecretRef, FetchResult]:
         provider = self.providers.get(name)
@@ -74,6 +108,7 @@ class Resolver:
             return {ref: NotFound(ref, f"no provider named {name!r} is configured") for ref in refs}
         self.requests += len(refs)
         started = time.monotonic()
+        deadline = DEADLINE.set(self._deadline)  # seen by the provider's retries, and its tasks'
         try:
             async with asyncio.timeout_at(self._deadline):
                 found = dict(await provider.fetch(refs))
@@ -90,7 +125,9 @@ class Resolver:
             where = "".join(traceback.format_tb(exc.__traceback__))
             log.debug("provider.crashed.traceback", provider=name, traceback=where)
             detail = f"internal error in provider ({type(exc).__name__})"
-            return {ref: Unavailable(ref, detail) for ref in refs}
+            return {ref: ProviderBug(ref, detail) for ref in refs}
+        finally:
+            DEADLINE.reset(deadline)
         answers: dict[SecretRef, FetchResult] = {}
         for ref in refs:  # only what was asked: a stray answer must not fill another's ref
             answers[ref] = self._accept(ref, found.get(ref))
@@ -107,7 +144,7 @@ class Resolver:
             return result
         if not isinstance(result, SecretValue):
             kind = "no answer" if result is None else "an answer of the wrong type"
-            return Unavailable(ref, f"the provider gave {kind} for this secret")
+            return ProviderBug(ref, f"the provider gave {kind} for this secret")
         value = result.reveal()
         self.redactor.add(value)
         problem = value_problem(value)

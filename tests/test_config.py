@@ -28,20 +28,20 @@ from hypothesis.control import currently_in_test_context
 
 from smagent.config import (
     MAX_CONFIG_BYTES,
-    AwsProvider,
-    AzureProvider,
+    AwsProviderConfig,
+    AzureProviderConfig,
     CommandAction,
     Config,
     ConfigError,
     ConfigIssue,
-    EnvProvider,
-    FileProvider,
+    EnvProviderConfig,
+    FileProviderConfig,
     SignalName,
     SignalPidfileAction,
     SignalUnitAction,
-    Template,
+    TemplateSpec,
     VaultApproleAuth,
-    VaultProvider,
+    VaultProviderConfig,
     VaultTokenAuth,
     find_config_path,
     load_config,
@@ -162,7 +162,7 @@ def test_full_config_loads_every_provider_type(full_config: Config, tmp_path: Pa
     assert ["aws-prod", "kv", "vault", "vault-token", "local", "env"] == list(providers)
 
     aws = providers["aws-prod"]
-    assert isinstance(aws, AwsProvider)
+    assert isinstance(aws, AwsProviderConfig)
     assert ("us-east-1", "http://localhost:5000", "ops") == (
         aws.region,
         aws.endpoint_url,
@@ -171,13 +171,13 @@ def test_full_config_loads_every_provider_type(full_config: Config, tmp_path: Pa
     assert (5.0, 3) == (aws.rate_limit, aws.max_concurrency)
 
     kv = providers["kv"]
-    assert isinstance(kv, AzureProvider)
+    assert isinstance(kv, AzureProviderConfig)
     assert "https://myvault.vault.azure.net" == kv.vault_url
     assert "client_secret" == kv.credential
     assert str(folder / "kv-secret") == kv.client_secret_file
 
     vault = providers["vault"]
-    assert isinstance(vault, VaultProvider)
+    assert isinstance(vault, VaultProviderConfig)
     assert "team-a" == vault.namespace
     assert str(folder / "certs" / "ca.pem") == vault.ca_cert
     assert isinstance(vault.auth, VaultApproleAuth)
@@ -185,17 +185,17 @@ def test_full_config_loads_every_provider_type(full_config: Config, tmp_path: Pa
     assert str(folder / "secret-id") == vault.auth.secret_id_file
 
     vault_token = providers["vault-token"]
-    assert isinstance(vault_token, VaultProvider)
+    assert isinstance(vault_token, VaultProviderConfig)
     assert isinstance(vault_token.auth, VaultTokenAuth)
     assert str(folder / "token") == vault_token.auth.token_file
 
     local = providers["local"]
-    assert isinstance(local, FileProvider)
+    assert isinstance(local, FileProviderConfig)
     assert str(folder / "secrets.yaml") == local.path
     assert (20.0, 10) == (local.rate_limit, local.max_concurrency)
 
     env = providers["env"]
-    assert isinstance(env, EnvProvider)
+    assert isinstance(env, EnvProviderConfig)
     assert env.rate_limit is None
 
 
@@ -1966,7 +1966,7 @@ def assert_usable(config: Config) -> None:
     assert all(ns.provider in config.providers for ns in config.namespaces.values())
 
 
-def _action_paths(template: Template) -> list[str]:
+def _action_paths(template: TemplateSpec) -> list[str]:
     return [a.pidfile for a in template.on_change if isinstance(a, SignalPidfileAction)]
 
 

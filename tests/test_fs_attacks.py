@@ -524,19 +524,16 @@ async def test_warning_is_given_once_per_pipeline_not_once_per_pass(
 
     from smagent.config import load_config
     from smagent.pipeline import Pipeline
-    from smagent.providers import close_providers, create_providers
+    from smagent.providers import open_providers
 
     shared = shared_folder(arena, 0o1777)
     ws.template("t.j2", "x\n", destination=str(shared / "t.conf"))
     config = load_config(ws.write())
-    providers = create_providers(config.providers)
-    pipeline = Pipeline(config, providers)
-    try:
+    async with open_providers(config.providers) as providers:
+        pipeline = Pipeline(config, providers)
         with capture_logs() as logs:
             for _ in range(3):
                 assert (await pipeline.run()).ok
-    finally:
-        await close_providers(providers)
 
     warned = [e["folder"] for e in logs if e["event"] == "folder.writable_by_others"]
     assert [str(shared)] == warned

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from smagent.config import load_config
 from smagent.pipeline import Pipeline, Status
-from smagent.providers import create_providers
+from smagent.providers import open_providers
 from smagent.providers.base import Unavailable
 from smagent.references import SecretRef
 from tests.conftest import CANARY, Workspace
@@ -190,8 +190,8 @@ async def test_file_provider_end_to_end(ws: Workspace) -> None:
     """The real file provider feeds a pass; the written file holds the values."""
     dest = ws.template("t.j2", "{{ secrets.db.host }}:{{ secrets.db.port }}\n")
     config = load_config(ws.write())
-    providers = create_providers(config.providers)
-    result = await Pipeline(config, providers).run()
+    async with open_providers(config.providers) as providers:
+        result = await Pipeline(config, providers).run()
     assert result.ok
     assert "db.internal:5432\n" == dest.read_text()
     assert 0o600 == os.stat(dest).st_mode & 0o777
@@ -212,6 +212,21 @@ async def test_pinned_and_current_versions_of_one_secret_in_one_pass(tmp_path: P
     result = await run(ws, {"mem": store})
     assert result.ok  # type: ignore[attr-defined]
     assert 3 == len(store.requested)
+
+
+async def test_two_spellings_of_one_secret_render_from_one_fetch(tmp_path: Path) -> None:
+    """A namespace with stage AWSCURRENT and one without are one secret: one fetch, both filled."""
+    store = MemoryProvider("mem", {"db": json.dumps({"p": "x"})})
+    ws = memory_workspace(tmp_path, mem=store)
+    ws.namespaces = {
+        "db": {"provider": "mem", "secret": "db"},
+        "cur": {"provider": "mem", "secret": "db", "stage": "AWSCURRENT"},
+    }
+    dest = ws.template("t.j2", '{{ secrets.db.p }}{{ secrets.cur.p }}{{ secret("mem:db").p }}\n')
+    result = await run(ws, {"mem": store})
+    assert result.ok  # type: ignore[attr-defined]
+    assert "xxx\n" == dest.read_text()
+    assert ["db"] == store.requested
 
 
 async def test_deadline_covers_the_whole_pass(tmp_path: Path) -> None:

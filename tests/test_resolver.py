@@ -25,13 +25,17 @@ from smagent.providers.base import (
     BadValue,
     FetchResult,
     Provider,
+    ProviderBug,
+    RefreshResult,
     SecretValue,
     Unavailable,
 )
+from smagent.providers.retry import DEADLINE
 from smagent.references import SecretRef
 from smagent.resolver import Resolver
 from smagent.values import MAX_DEPTH
 from tests.conftest import CANARY, CANARY_TOKEN, CANARY_USER, Workspace, assert_no_canary
+from tests.fakes.memory import MemoryProvider
 from tests.leaks import allow_secrets_in
 
 
@@ -136,26 +140,38 @@ class Misbehaving:
         answers[refs[0]] = CANARY  # a bare str, not a SecretValue
         return answers  # type: ignore[return-value]  # refs[1:] left unanswered
 
-    async def current_version(self, ref: SecretRef) -> str | None:
-        return None
+    def canonical(self, ref: SecretRef) -> SecretRef:
+        if self.mode == "bad-canonical":
+            raise KeyError(CANARY)
+        return ref
+
+    async def refresh(
+        self, known: Mapping[SecretRef, SecretValue]
+    ) -> Mapping[SecretRef, RefreshResult]:
+        return {}
 
     async def test_connection(self) -> None:
         return None
 
-    async def aclose(self) -> None:
+    async def __aenter__(self) -> Misbehaving:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
         return None
 
 
-@pytest.mark.parametrize("mode", ["raise", "not-a-mapping", "wrong-answers"])
+@pytest.mark.parametrize("mode", ["raise", "not-a-mapping", "wrong-answers", "bad-canonical"])
 async def test_a_misbehaving_provider_fails_only_its_own_batch(tmp_path: Path, mode: str) -> None:
-    """A provider that raises or answers wrongly fails its refs; the other provider's are served."""
+    """A provider that raises or answers wrongly fails its refs as ProviderBug, which is not
+    transient (an agent must not retry a bug forever); the other provider's are served."""
     good = file_provider(tmp_path, yaml.safe_dump({"pw": CANARY}))
     resolver = Resolver({"local": good, "bad": Misbehaving("bad", mode)}, 5.0, Redactor())
     asked = [SecretRef("bad", "a"), SecretRef("bad", "b"), SecretRef("local", "pw")]
 
     results = await resolver.resolve(asked)
 
-    assert [Unavailable, Unavailable, SecretValue] == [type(results[r]) for r in asked]
+    assert [ProviderBug, ProviderBug, SecretValue] == [type(results[r]) for r in asked]
+    assert False is results[asked[0]].transient  # type: ignore[union-attr]
     assert set(asked) == set(resolver.results)  # a stray answer fills nothing
     for ref in asked[:2]:
         assert_no_canary(str(results[ref]))
@@ -197,3 +213,62 @@ async def test_deadline_holds_while_the_file_is_parsed_and_the_loop_runs(tmp_pat
     value = second[SecretRef("local", "pw")]
     assert isinstance(value, SecretValue)
     assert CANARY == value.reveal()
+
+
+async def test_two_spellings_of_one_secret_are_one_fetch_and_both_get_the_value() -> None:
+    """stage=None and stage="AWSCURRENT" (one secret by the store's `canonical`): one fetch,
+    and the result is kept under both spellings, since templates look values up as written."""
+    store = MemoryProvider("mem", {"db": CANARY})
+    plain, current = SecretRef("mem", "db"), SecretRef("mem", "db", stage="AWSCURRENT")
+    resolver = Resolver({"mem": store}, 5.0, Redactor())
+
+    results = await resolver.resolve([plain, current])
+
+    assert [[plain]] == [[ref] for ref in store.asked]
+    assert 1 == resolver.requests
+    assert CANARY == results[plain].reveal()  # type: ignore[union-attr]
+    assert CANARY == results[current].reveal()  # type: ignore[union-attr]
+    assert results[plain] is resolver.results[current]
+
+
+async def test_a_later_round_spelling_of_a_known_secret_is_not_fetched_again() -> None:
+    """A spelling first met in a later round of the pass is served from the first fetch."""
+    store = MemoryProvider("mem", {"db": CANARY})
+    resolver = Resolver({"mem": store}, 5.0, Redactor())
+
+    await resolver.resolve([SecretRef("mem", "db", stage="AWSCURRENT")])
+    second = await resolver.resolve([SecretRef("mem", "db")])
+
+    assert 1 == len(store.calls)
+    assert CANARY == second[SecretRef("mem", "db")].reveal()  # type: ignore[union-attr]
+
+
+async def test_distinct_stages_stay_distinct_fetches() -> None:
+    """Canonical spelling merges only what the store says is one secret: AWSPREVIOUS is not."""
+    store = MemoryProvider("mem", {"db": "x"})
+    resolver = Resolver({"mem": store}, 5.0, Redactor())
+
+    await resolver.resolve([SecretRef("mem", "db"), SecretRef("mem", "db", stage="AWSPREVIOUS")])
+
+    assert 2 == resolver.requests
+    assert {None, "AWSPREVIOUS"} == {ref.stage for ref in store.asked}
+
+
+async def test_provider_retries_see_the_pass_deadline() -> None:
+    """During fetch, retry.DEADLINE holds the pass's deadline (loop time); after it, nothing."""
+    seen: list[float | None] = []
+
+    class Peeking(MemoryProvider):
+        async def fetch(self, refs: Sequence[SecretRef]) -> Mapping[SecretRef, FetchResult]:
+            seen.append(DEADLINE.get())
+            return await super().fetch(refs)
+
+    resolver = Resolver({"mem": Peeking("mem", {"a": "1"})}, 7.0, Redactor())
+    started = asyncio.get_running_loop().time()
+
+    await resolver.resolve([SecretRef("mem", "a")])
+
+    (deadline,) = seen
+    assert deadline is not None
+    assert started + 7.0 == pytest.approx(deadline, abs=0.5)
+    assert None is DEADLINE.get()

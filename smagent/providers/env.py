@@ -2,6 +2,8 @@
 
 Useful in containers and CI, where secrets arrive as variables. The secret id
 is the variable name; its value may be plain text or JSON (then keys work).
+A refresh reads the variables again (`BaseProvider.refresh`): they are read at
+fetch time, never cached.
 """
 
 from __future__ import annotations
@@ -9,16 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from smagent.config import EnvProvider as EnvProviderConfig
-from smagent.providers.base import FetchResult, NotFound, SecretValue
+from smagent.config import EnvProviderConfig
+from smagent.providers.base import BaseProvider, FetchResult, NotFound, SecretValue
 from smagent.references import SecretRef
 
 
-class EnvProvider:
+class EnvProvider(BaseProvider):
     def __init__(
         self, name: str, config: EnvProviderConfig, environ: Mapping[str, str] = os.environ
     ) -> None:
-        self.name = name
+        super().__init__(name, config)
         self._environ = environ
 
     async def fetch(self, refs: Sequence[SecretRef]) -> Mapping[SecretRef, FetchResult]:
@@ -33,15 +35,3 @@ class EnvProvider:
         if value is None:
             return NotFound(ref, f"environment variable {ref.secret_id!r} is not set")
         return SecretValue(value)
-
-    async def current_version(self, ref: SecretRef) -> str | None:
-        return None
-
-    async def test_connection(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-    def __repr__(self) -> str:
-        return f"EnvProvider(name={self.name!r})"

@@ -28,7 +28,9 @@ unreadable fails every reference. Parse errors report only the line and
 column: PyYAML's own message quotes the offending line, which would put a
 secret into the log.
 
-The file is re-read when its size, mtime or inode changes.
+The file is re-read when its size, mtime or inode changes. A refresh
+(`BaseProvider.refresh`) is one `fetch` of every known secret: one look at
+the file for all of them, re-parsed only when it changed.
 """
 
 from __future__ import annotations
@@ -39,9 +41,18 @@ from typing import Any
 
 import yaml
 
-from smagent.config import FileProvider as FileProviderConfig
+from smagent.config import FileProviderConfig
 from smagent.providers import secrets_yaml
-from smagent.providers.base import BadValue, FetchResult, NotFound, SecretValue, Unavailable
+from smagent.providers.base import (
+    AccessDenied,
+    BadValue,
+    BaseProvider,
+    FetchResult,
+    NotFound,
+    ProviderError,
+    SecretValue,
+    Unavailable,
+)
 from smagent.providers.blocking import BlockingWorker
 from smagent.references import SecretRef
 from smagent.regular_file import NotRegularFile, read_regular
@@ -52,9 +63,9 @@ ones, read in a second or two. A larger file is refused at once rather than pars
 any sensible deadline."""
 
 
-class FileProvider:
+class FileProvider(BaseProvider):
     def __init__(self, name: str, config: FileProviderConfig) -> None:
-        self.name = name
+        super().__init__(name, config)
         self.path = Path(config.path)
         self._stamp: tuple[int, int, int] | None = None
         self._data: Mapping[str, Any] = {}
@@ -63,20 +74,17 @@ class FileProvider:
     async def fetch(self, refs: Sequence[SecretRef]) -> Mapping[SecretRef, FetchResult]:
         return await self._worker.run(lambda: self._fetch(refs))
 
-    async def current_version(self, ref: SecretRef) -> str | None:
-        return None
-
     async def test_connection(self) -> None:
         await self._worker.run(self._load)
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         self._worker.close()
 
     def _fetch(self, refs: Sequence[SecretRef]) -> dict[SecretRef, FetchResult]:
         try:
             data = self._load()
-        except Unavailable as exc:
-            return {ref: Unavailable(ref, exc.detail) for ref in refs}
+        except ProviderError as exc:
+            return {ref: exc.for_ref(ref) for ref in refs}
         return {ref: self._one(data, ref) for ref in refs}
 
     def _one(self, data: Mapping[str, Any], ref: SecretRef) -> FetchResult:
@@ -99,6 +107,8 @@ class FileProvider:
             raw, info = read_regular(self.path, MAX_FILE_BYTES + 1)
         except NotRegularFile:
             raise Unavailable(None, f"{self.path} is not a regular file") from None
+        except PermissionError as exc:  # permanent: retrying will not change the file's mode
+            raise AccessDenied(None, f"cannot read {self.path}: {exc.strerror}") from None
         except OSError as exc:
             raise Unavailable(None, f"cannot read {self.path}: {exc.strerror}") from None
         if len(raw) > MAX_FILE_BYTES:
