@@ -1,4 +1,4 @@
-"""Tests for smagent.bounded_yaml: the YAML reader of the config file."""
+"""Tests for smagent.config_yaml: the YAML reader of the config file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from smagent.bounded_yaml import MAX_DEPTH, MAX_NODES, YamlProblem, load
+from smagent.config_yaml import MAX_DEPTH, MAX_NODES, YamlProblem, load
 
 BILLION_LAUGHS = "".join(
     [
