@@ -47,6 +47,11 @@ except ImportError:  # PyYAML built without libyaml
 
 HAS_LIBYAML = _CParser is not None
 
+BUILD_ERRORS = (ValueError, OverflowError, TypeError, IndexError, KeyError, AttributeError)
+"""What SafeConstructor lets out, besides its own errors, for a value it cannot build:
+`!!int x` (ValueError), `!!int ''` (IndexError), `!!bool x` (KeyError), `!!timestamp x`
+(AttributeError)."""
+
 
 class _PythonParser(Reader, Scanner, Parser):
     def __init__(self, text: str) -> None:

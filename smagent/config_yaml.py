@@ -31,7 +31,7 @@ from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from smagent.bounded_yaml import BoundedLoader, Open
+from smagent.bounded_yaml import BUILD_ERRORS, BoundedLoader, Open
 
 MAX_DEPTH = 64
 """Nesting levels, counted through aliases; a real config needs about 6."""
@@ -149,7 +149,7 @@ class _ConfigLoader(BoundedLoader):
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
-        except (ValueError, OverflowError, TypeError):  # `!!int x`, `!!float x`
+        except BUILD_ERRORS:  # `!!int x`, `!!bool x`
             tag = node.tag.rsplit(":", 1)[-1]
             raise ConstructorError(
                 None, None, f"cannot read this value as {tag}", node.start_mark

@@ -149,6 +149,24 @@ def test_bad_or_foreign_tag_is_refused_at_its_position(
     assert (1, 4) == (problem.line, problem.column)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: !!int ''\n", "cannot read this value as int"),
+        ("a: !!int '+'\n", "cannot read this value as int"),
+        ("a: !!float _\n", "cannot read this value as float"),
+        ("a: !!bool x\n", "cannot read this value as bool"),
+    ],
+    ids=["int-empty", "int-sign", "float-underscore", "bool"],
+)
+def test_tagged_value_that_crashes_pyyaml_is_refused_at_its_position(
+    text: str, expected: str, pure_python: bool
+) -> None:
+    """Tagged values on which PyYAML raises IndexError or KeyError are errors at line 1."""
+    problem = problem_of(text, pure_python)
+    assert (expected, 1, 4) == (problem.problem, problem.line, problem.column)
+
+
 def test_binary_value_is_bytes(pure_python: bool) -> None:
     """`!!binary` gives bytes (the config then says where bytes are not accepted)."""
     assert {"a": b"hello"} == load("a: !!binary aGVsbG8=\n", pure_python=pure_python)

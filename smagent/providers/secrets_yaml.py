@@ -58,7 +58,7 @@ with the square of the depth of `[`/`{` nesting (40,000 levels take seconds), so
 is not read to its end just to mark one secret."""
 
 _TOO_DEEP_TAG = "tag:smagent,2026:too-deep"
-_BUILD_ERRORS = (yaml.YAMLError, ValueError, OverflowError, TypeError, RecursionError)
+_BUILD_ERRORS = (yaml.YAMLError, RecursionError, *bounded_yaml.BUILD_ERRORS)
 
 
 class TooDeepToParse(yaml.MarkedYAMLError):
@@ -86,7 +86,9 @@ def _line(node: Node) -> int:
 
 def _build_problem(exc: BaseException) -> str:
     if isinstance(exc, ConstructorError) and exc.problem:
-        # PyYAML's own words name tags and node kinds, never the scalar's text
+        if exc.problem.startswith("failed to convert base64 data into ascii"):
+            return "!!binary data that is not ASCII base64"  # PyYAML's words quote a character
+        # PyYAML's other words name tags and node kinds, never the scalar's text
         return exc.problem
     if isinstance(exc, ValueError) and "digits" in str(exc):
         return "a number too long to read"
