@@ -1,166 +1,147 @@
-"""YAML for the config file: bounded, one document, text keys, anchors and merges.
+"""YAML composed with bounded work: the layer under the config's and the secrets' readers.
 
-PyYAML's loaders are close to what a config needs, but a hostile or broken
-file can make them misbehave in ways a user cannot act on:
-- 500 nested `[` overflow the Python composer's recursion (a RecursionError,
-  no line), and 100,000 overflow the C composer's stack (a segfault);
-- a billion-laughs alias bomb builds in a blink (aliases are shared objects)
-  and then explodes in whatever walks the result;
-- an alias inside the node it names builds a cyclic structure;
-- a complex key (`? [a, b]`) or a bad tagged value (`!!int x`, an invalid
-  date) raises TypeError or ValueError with no position;
-- silently, the last of two equal keys wins.
+PyYAML's composers trust the shape of their input. The C one recurses once
+per level of nesting (100,000 nested `[` overflow the C stack: a segfault),
+the Python one too (500 levels: a RecursionError with no line). A config or
+a secrets file is input we do not control, so `BoundedLoader` composes the
+parser's events into nodes itself, in a loop, with at most `max_depth`
+levels of collections open; a deeper collection goes to `too_deep`, where a
+reader either refuses the document or stands a marker in its place.
 
-`load` refuses each of these with the line and column where it happens, as a
-`YamlProblem`. The parser's events (libyaml's when PyYAML has it: ten times
-faster than the Python scanner) are composed into nodes here, without
-recursion, checking depth, keys and anchors on the way; the expanded size is
-measured before anything is built. Keys are the text as written (`1:`,
-`null:`, `yes:` are the keys "1", "null", "yes"): every key in a config is a
-name, and showing the user `True` for the `yes` they wrote helps no one.
-Timestamps are not resolved (`stage: 2024-01-01` is the text, not a date).
-Merge keys (`<<: *base`) work as YAML 1.1 defines them: an explicit key
-overrides a merged one, and that is not a duplicate.
+The events come from libyaml's parser when PyYAML has it (scanning is most of
+a load, and libyaml scans about ten times faster) and PyYAML's own otherwise;
+`libyaml=False` forces PyYAML's, so tests hold both to the same bounds.
+
+The readers on top, and what each decides:
+- `smagent.config_yaml` (the config file): strict, every problem an error
+  with line and column; text keys, no duplicates, alias expansion measured;
+- `smagent.providers.secrets_yaml` (the `file` provider): contained, a value
+  that cannot be built fails only its own secret.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Hashable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
 from yaml.composer import ComposerError
-from yaml.constructor import ConstructorError
+from yaml.constructor import SafeConstructor
 from yaml.events import (
     AliasEvent,
-    MappingEndEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
     ScalarEvent,
-    SequenceEndEvent,
     SequenceStartEvent,
     StreamEndEvent,
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
 
-MAX_DEPTH = 64
-"""Nesting levels, counted through aliases; a real config needs about 6."""
+_CParser: Any
+try:
+    from yaml._yaml import CParser as _CParser
+except ImportError:  # PyYAML built without libyaml
+    _CParser = None
 
-MAX_NODES = 1_000_000
-"""Nodes after alias expansion: about what a 1 MiB file holds written out in full."""
+HAS_LIBYAML = _CParser is not None
 
-_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
-_NOT_PRINTABLE = re.compile(
-    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
-)
-"""What YAML does not allow in a stream, checked here so the position is in characters."""
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class YamlProblem(Exception):
-    """Why a text is not an acceptable YAML document, and where (1-based), when known."""
-
-    def __init__(self, problem: str, line: int | None = None, column: int | None = None) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.line = line
-        self.column = column
+BUILD_ERRORS = (ValueError, OverflowError, TypeError, IndexError, KeyError, AttributeError)
+"""What SafeConstructor lets out, besides its own errors, for a value it cannot build:
+`!!int x` (ValueError), `!!int ''` (IndexError), `!!bool x` (KeyError), `!!timestamp x`
+(AttributeError)."""
 
 
-def load(text: str, *, pure_python: bool = False) -> Any:
-    """The one document in `text` (None when empty), or a YamlProblem.
-
-    `pure_python` uses PyYAML's Python parser even when libyaml is there (for tests:
-    both must behave alike).
-    """
-    if found := _NOT_PRINTABLE.search(text):
-        line, column = _position(text, found.start())
-        raise YamlProblem(f"character U+{ord(found[0]):04X} is not allowed in YAML", line, column)
-    loader = (_PythonLoader if pure_python else _Loader)(text)
-    try:
-        return loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = str(exc.problem or exc.context or "invalid YAML")
-        if mark is None:
-            raise YamlProblem(problem) from None
-        if "cannot start any token" in problem and _char_at(text, mark.line, mark.column) == "\t":
-            problem = "found a tab that cannot start any token (YAML indents with spaces)"
-        raise YamlProblem(problem, mark.line + 1, mark.column + 1) from None
-    except yaml.YAMLError as exc:
-        raise YamlProblem(str(exc)) from None
-    finally:
-        loader.dispose()
+class _PythonParser(Reader, Scanner, Parser):
+    def __init__(self, text: str) -> None:
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
 
 
-def _char_at(text: str, line: int, column: int) -> str:
-    lines = text.split("\n", line + 1)
-    return lines[line][column : column + 1] if line < len(lines) else ""
-
-
-def _position(text: str, index: int) -> tuple[int, int]:
-    line_start = text.rfind("\n", 0, index) + 1
-    return text.count("\n", 0, index) + 1, index - line_start + 1
-
-
-@dataclass(slots=True)
-class _Open:
+class Open:
     """A sequence or mapping being composed; for a mapping, the key waiting for its value."""
 
-    node: SequenceNode | MappingNode
-    key: Node | None = None
-    keys: dict[str, yaml.Mark] = field(default_factory=dict)
+    __slots__ = ("key", "keys", "node")
+
+    def __init__(self, node: SequenceNode | MappingNode) -> None:
+        self.node = node
+        self.key: Node | None = None
+        self.keys: dict[str, Any] | None = None
+        """A reader's record of the keys seen so far (the config's duplicate check)."""
 
 
-class _BoundedMixin:
-    """Composition and construction rules shared by the libyaml and the Python loader."""
+class BoundedLoader(SafeConstructor, Resolver):
+    """A parser's events composed into nodes without recursion, then built by SafeConstructor.
 
-    yaml_implicit_resolvers = {  # noqa: RUF012 - PyYAML's own class-level table, filtered
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
+    A reader subclasses it, sets `max_depth` and `document`, and overrides
+    the hooks (`too_deep`, `check_key`, `check_scalar`) and SafeConstructor's
+    methods to put its policy on top.
+    """
 
-    # provided by the PyYAML classes this is mixed into
-    get_event: Any
-    check_event: Any
-    resolve: Any
-    construct_document: Any
-    flatten_mapping: Any
+    max_depth: ClassVar[int]
+    """Levels of collections, the document's own counting as one."""
+    document: ClassVar[str]
+    """What a document is, for the error on a second one ("a config file")."""
 
-    def get_single_data(self) -> Any:
-        node = self.get_single_node()
-        if node is None:
-            return None
-        _check_expansion(node)
-        return self.construct_document(node)
+    def __init__(self, text: str, *, libyaml: bool = True) -> None:
+        parser: Any = _CParser(text) if libyaml and _CParser is not None else _PythonParser(text)
+        self._parser = parser
+        self.get_event = parser.get_event
+        self.check_event = parser.check_event
+        self.anchors: dict[str, Node] = {}
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+
+    def dispose(self) -> None:
+        """Break the parser's reference cycles (its state is a bound method)."""
+        self._parser.dispose()
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    def too_deep(self, start: Any, depth: int) -> Node:
+        """What stands for a collection opened inside `depth` (= max_depth) open ones: refused."""
+        too_deep = f"nested more than {self.max_depth} levels deep"
+        raise ComposerError(None, None, too_deep, start.start_mark)
+
+    def check_key(self, mapping: Open, key: Node) -> None:
+        """Called with each key of a mapping, in order, before its value is composed."""
+
+    def check_scalar(self, event: Any) -> None:
+        """Called with each scalar's event, before its node is made."""
+
+    # --- composition --------------------------------------------------------------------------
 
     def get_single_node(self) -> Node | None:
         self.get_event()  # stream start
         document = None
         if not self.check_event(StreamEndEvent):
             self.get_event()  # document start
-            document = self._compose_document()
+            document = self.compose_document()
             self.get_event()  # document end
         if not self.check_event(StreamEndEvent):
             raise ComposerError(
                 None,
                 None,
-                "a config file holds one YAML document; this `---` starts a second one",
+                f"{self.document} holds one YAML document; this `---` starts a second one",
                 self.get_event().start_mark,
             )
         self.get_event()  # stream end
         return document
 
-    def _compose_document(self) -> Node:
-        """The nodes of one document, composed without recursion, checked on the way."""
-        anchors: dict[str, Node] = {}
-        stack: list[_Open] = []
+    def compose_document(self) -> Node:
+        """The nodes of one document, composed in a loop over the events, checked on the way."""
+        anchors = self.anchors
+        get_event = self.get_event
+        resolve: Any = self.resolve
+        stack: list[Open] = []
         while True:
-            event = self.get_event()
+            event = get_event()
             start: Any = event.start_mark  # a yaml.Mark, or libyaml's own Mark
             end: Any = event.end_mark
             done: Node
-            if isinstance(event, SequenceEndEvent | MappingEndEvent):
+            if isinstance(event, CollectionEndEvent):
                 done = stack.pop().node
                 done.end_mark = end
             elif isinstance(event, AliasEvent):
@@ -169,163 +150,36 @@ class _BoundedMixin:
                         None, None, f"found undefined alias {event.anchor!r}", start
                     )
                 done = anchors[event.anchor]
+            elif isinstance(event, CollectionStartEvent) and len(stack) >= self.max_depth:
+                done = self.too_deep(event, len(stack))  # before its anchor is looked at
             elif event.anchor is not None and event.anchor in anchors:
                 raise ComposerError(None, None, f"found duplicate anchor {event.anchor!r}", start)
             elif isinstance(event, ScalarEvent):
-                if _SURROGATE.search(event.value):  # libyaml refuses them, Python does not
-                    half = "a \\uD800-\\uDFFF escape is half a character, not text"
-                    raise ComposerError(None, None, half, start)
-                tag = self._tag(ScalarNode, event, event.value)
+                self.check_scalar(event)
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = resolve(ScalarNode, event.value, event.implicit)
                 done = ScalarNode(tag, event.value, start, end, style=event.style)
                 if event.anchor is not None:
                     anchors[event.anchor] = done
             else:  # the start of a sequence or a mapping
-                if len(stack) >= MAX_DEPTH:
-                    too_deep = f"nested more than {MAX_DEPTH} levels deep"
-                    raise ComposerError(None, None, too_deep, start)
                 kind = SequenceNode if isinstance(event, SequenceStartEvent) else MappingNode
-                tag = self._tag(kind, event, None)
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = resolve(kind, None, event.implicit)
                 collection = kind(tag, [], start, None, flow_style=event.flow_style)
                 if event.anchor is not None:
                     anchors[event.anchor] = collection  # an alias inside it makes a cycle
-                stack.append(_Open(collection))
+                stack.append(Open(collection))
                 continue
             if not stack:
                 return done
-            _add(stack[-1], done)
-
-    def _tag(self, kind: type[Node], event: Any, value: str | None) -> str:
-        if event.tag is None or event.tag == "!":
-            tag: str = self.resolve(kind, value, event.implicit)
-            return tag
-        tag = event.tag
-        return tag
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        if not isinstance(node, MappingNode):
-            raise ConstructorError(
-                None, None, f"expected a mapping, found {node.id}", node.start_mark
-            )
-        self.flatten_mapping(node)  # merged pairs first, so the explicit ones override them
-        mapping: dict[Hashable, Any] = {}
-        for key_node, value_node in node.value:
-            mapping[key_node.value] = self.construct_object(value_node, deep=deep)
-        return mapping
-
-    def construct_object(self, node: Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)  # type: ignore[misc]
-        except (ValueError, OverflowError, TypeError):  # `!!int x`, `!!float x`
-            tag = node.tag.rsplit(":", 1)[-1]
-            raise ConstructorError(
-                None, None, f"cannot read this value as {tag}", node.start_mark
-            ) from None
-
-
-def _add(parent: _Open, child: Node) -> None:
-    """Put a finished node in its parent: an item, a key (checked) or a key's value."""
-    if isinstance(parent.node, SequenceNode):
-        parent.node.value.append(child)
-        return
-    if parent.key is not None:
-        parent.node.value.append((parent.key, child))
-        parent.key = None
-        return
-    if not isinstance(child, ScalarNode):
-        kind = "list" if isinstance(child, SequenceNode) else "mapping"
-        raise ComposerError(
-            None,
-            None,
-            f"a key must be plain text, not a {kind} (a YAML complex key)",
-            child.start_mark,
-        )
-    text = child.value
-    if text in parent.keys:
-        first = parent.keys[text]
-        raise ComposerError(
-            None, None, f"duplicate key {text!r} (first at line {first.line + 1})", child.start_mark
-        )
-    parent.keys[text] = child.start_mark
-    parent.key = child
-
-
-def _refuse(loader: yaml.SafeLoader, node: Node) -> Any:
-    raise ConstructorError(
-        None,
-        None,
-        f"{node.tag.replace('tag:yaml.org,2002:', '!!')} is not used in a config; "
-        "write a plain list, mapping or string",
-        node.start_mark,
-    )
-
-
-class _PythonLoader(_BoundedMixin, yaml.SafeLoader):
-    pass
-
-
-_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BoundedMixin, _Base):  # type: ignore[misc]
-    pass
-
-
-# Sets and pairs would pass as lists in random or surprising order (a `command`
-# argv from a !!set); a timestamp is never what a config key wants.
-for _loader in (_Loader, _PythonLoader):
-    for _tag in ("set", "omap", "pairs", "timestamp"):
-        _loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse)
-
-
-def _check_expansion(root: Node) -> None:
-    """Refuse a cyclic alias, or a document too deep or too large once aliases are expanded.
-
-    Iterative, and each distinct node is measured once: the size of a node is
-    1 + the sizes of its children, so an alias bomb's exponential size is
-    computed in linear time and refused before anything walks it.
-    """
-    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, collection depth)
-    open_nodes: set[int] = set()
-    stack: list[tuple[Node, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        ident = id(node)
-        if children_done:
-            open_nodes.discard(ident)
-            children = [measured[id(child)] for child in _children(node)]
-            size = 1 + sum(n for n, _ in children)
-            deepest = max((d for _, d in children), default=0)
-            depth = deepest if isinstance(node, ScalarNode) else deepest + 1
-            if depth > MAX_DEPTH:
-                raise ComposerError(
-                    None,
-                    None,
-                    f"nested more than {MAX_DEPTH} levels deep once aliases are expanded",
-                    node.start_mark,
-                )
-            if size > MAX_NODES:
-                raise ComposerError(
-                    None,
-                    None,
-                    f"aliases expand this to more than {MAX_NODES} values (an alias bomb?)",
-                    node.start_mark,
-                )
-            measured[ident] = (size, depth)
-            continue
-        if ident in measured:
-            continue
-        if ident in open_nodes:
-            raise ComposerError(
-                None, None, "an alias refers to a node that contains it", node.start_mark
-            )
-        open_nodes.add(ident)
-        stack.append((node, True))
-        stack.extend((child, False) for child in _children(node))
-
-
-def _children(node: Node) -> list[Node]:
-    if isinstance(node, SequenceNode):
-        return list(node.value)
-    if isinstance(node, MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
+            parent = stack[-1]
+            if isinstance(parent.node, SequenceNode):
+                parent.node.value.append(done)
+            elif parent.key is not None:
+                parent.node.value.append((parent.key, done))
+                parent.key = None
+            else:
+                self.check_key(parent, done)
+                parent.key = done

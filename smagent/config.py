@@ -16,7 +16,7 @@ file's folder in one place (`_absolute`), after validation.
 
 Nothing a user can write may get past `load_config` and crash a later step:
 the file is read like every other input (`read_regular`: never blocks on a
-FIFO, capped in size), the YAML is bounded (`bounded_yaml`), every string
+FIFO, capped in size), the YAML is bounded (`config_yaml`), every string
 that becomes a name, path or argument is refused when empty or holding a NUL
 byte, numbers and durations have ranges, and paths are checked against what
 this host can open (too long, under an unreachable folder, a FIFO where a
@@ -40,7 +40,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from smagent import bounded_yaml
+from smagent import config_yaml
 from smagent.exposure import warn_if_exposed
 from smagent.references import Namespace
 from smagent.regular_file import NotRegularFile, read_regular
@@ -63,7 +63,7 @@ _PATH_MAX = 4095
 Text = Annotated[str, msgspec.Meta(pattern=r"^(?!\s*$)[^\x00-\x1f\x7f]*$")]
 """A name, id, address or path: not blank, no NUL byte (the OS would cut a path or an
 argument there), no other control character (a line break in a name or path forges lines in
-`check` output and logs). Lone surrogates never get this far (`bounded_yaml` refuses them)."""
+`check` output and logs). Lone surrogates never get this far (`config_yaml` refuses them)."""
 Arg = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
 """A command argument: may be empty (`--password ""`), never holds a NUL byte."""
 
@@ -433,8 +433,8 @@ def _read_config(path: Path) -> tuple[str, os.stat_result]:
 
 def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
     try:
-        data = bounded_yaml.load(text)
-    except bounded_yaml.YamlProblem as exc:
+        data = config_yaml.load(text)
+    except config_yaml.YamlProblem as exc:
         where = f"line {exc.line}, column {exc.column}" if exc.line is not None else ""
         raise ConfigError([ConfigIssue(path, where, f"invalid YAML: {exc.problem}")]) from None
     if data is None:

@@ -95,6 +95,31 @@ def test_bad_secret_fails_alone(libyaml: bool, kind: str, line: str, expected: s
     assert {"user": "ok", "pw": CANARY} == json.loads(secret_text(data["after"]))
 
 
+@pytest.mark.parametrize(
+    "line",
+    ["bad: !!int ''", "bad: {n: !!float _}", "bad: !!bool x", "bad: [!!timestamp x]"],
+    ids=["int-empty", "float-underscore", "bool", "timestamp"],
+)
+def test_tagged_value_that_crashes_pyyaml_fails_alone(libyaml: bool, line: str) -> None:
+    """Tagged values on which PyYAML raises IndexError, KeyError or AttributeError fail alone."""
+    data = load(f"before: {CANARY}\n{line}\nafter: ok\n", libyaml)
+
+    assert "a value YAML cannot read" in problem(data, "bad")
+    assert "(line 2)" in problem(data, "bad")
+    assert CANARY == secret_text(data["before"])
+    assert "ok" == secret_text(data["after"])
+
+
+def test_non_ascii_binary_is_not_quoted(libyaml: bool) -> None:
+    """`!!binary` text that is not ASCII fails alone, without quoting its character."""
+    data = load('bad: !!binary "AAA\u00e9"\n', libyaml)
+
+    message = problem(data, "bad")
+
+    assert "!!binary data that is not ASCII base64 (line 1)" == message
+    assert "\u00e9" not in message
+
+
 def test_messages_never_quote_the_value(libyaml: bool) -> None:
     """Problems name kinds, keys and lines, never the secret's own text."""
     data = load(

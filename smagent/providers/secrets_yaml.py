@@ -1,14 +1,14 @@
 """A secrets file's YAML read with bounded work, and one secret of it turned into text.
 
-PyYAML trusts the shape of its input, and a secrets file is input we do not
-control that must be read within a pass's deadline:
+A secrets file is input we do not control that must be read within a pass's
+deadline, and one bad secret in it must fail only itself. On top of
+`bounded_yaml` (parser events composed without recursion, libyaml's parser
+when PyYAML has it):
 
-- its C composer recurses once per level of nesting: 100,000 levels
-  overflow the C stack and kill the process. Our composer (PyYAML's, in
-  Python, on the C parser's events) stops descending at `MAX_DEPTH`; a deeper
-  collection is skipped without recursion and marked `Invalid`. Past
-  `MAX_PARSE_DEPTH` the whole file is refused: libyaml's scanner slows with
-  the square of `[`/`{` nesting.
+- a collection nested past `MAX_DEPTH` inside a secret is skipped (its
+  events read, no nodes made) and marked `Invalid`. Past `MAX_PARSE_DEPTH`
+  the whole file is refused: libyaml's scanner slows with the square of
+  `[`/`{` nesting.
 - aliases share one object, so loading a "billion laughs" document is cheap,
   but turning it into JSON would expand it to gigabytes. `secret_text` counts
   what it writes after expansion (`MAX_VALUES`, `MAX_TEXT`) and refuses a
@@ -19,10 +19,9 @@ control that must be read within a pass's deadline:
   as a key, an unknown `!tag`) becomes an `Invalid` marker where it stands.
 
 So everything wrong inside one secret fails only that secret, with its line
-and what is wrong; only what makes the whole file unreadable (syntax) fails
-the whole file. Messages never quote the file's text: it holds secrets.
-The C parser (libyaml) is used when PyYAML has it: scanning is most of the
-time of a load, and it reports the same error positions.
+and what is wrong; only what makes the whole file unreadable (syntax, a
+duplicate or undefined anchor, a second document) fails the whole file.
+Messages never quote the file's text: it holds secrets.
 """
 
 from __future__ import annotations
@@ -33,27 +32,19 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import yaml
-from yaml.composer import Composer
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.error import Mark
-from yaml.events import (
-    AliasEvent,
-    CollectionEndEvent,
-    CollectionStartEvent,
-    MappingStartEvent,
-    NodeEvent,
-    SequenceStartEvent,
-)
+from yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, NodeEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.parser import Parser
-from yaml.reader import Reader
-from yaml.resolver import Resolver
-from yaml.scanner import Scanner
 
+from smagent import bounded_yaml
+from smagent.bounded_yaml import BoundedLoader
 from smagent.values import MAX_DEPTH
+
+HAS_LIBYAML = bounded_yaml.HAS_LIBYAML
 
 MAX_VALUES = 100_000
 """Values (scalars and containers) one secret may hold once its aliases are expanded."""
@@ -67,7 +58,7 @@ with the square of the depth of `[`/`{` nesting (40,000 levels take seconds), so
 is not read to its end just to mark one secret."""
 
 _TOO_DEEP_TAG = "tag:smagent,2026:too-deep"
-_BUILD_ERRORS = (yaml.YAMLError, ValueError, OverflowError, TypeError, RecursionError)
+_BUILD_ERRORS = (yaml.YAMLError, RecursionError, *bounded_yaml.BUILD_ERRORS)
 
 
 class TooDeepToParse(yaml.MarkedYAMLError):
@@ -95,7 +86,9 @@ def _line(node: Node) -> int:
 
 def _build_problem(exc: BaseException) -> str:
     if isinstance(exc, ConstructorError) and exc.problem:
-        # PyYAML's own words name tags and node kinds, never the scalar's text
+        if exc.problem.startswith("failed to convert base64 data into ascii"):
+            return "!!binary data that is not ASCII base64"  # PyYAML's words quote a character
+        # PyYAML's other words name tags and node kinds, never the scalar's text
         return exc.problem
     if isinstance(exc, ValueError) and "digits" in str(exc):
         return "a number too long to read"
@@ -104,31 +97,21 @@ def _build_problem(exc: BaseException) -> str:
     return "a value YAML cannot read (such as an invalid date)"
 
 
-class _BoundedComposer(Composer):
-    """PyYAML's composer with a depth limit (see the module docstring)."""
+class _SecretsLoader(BoundedLoader):
+    """Cuts what is too deep, and marks what it cannot build instead of failing the document."""
 
-    _depth = 0
+    max_depth = MAX_DEPTH + 1  # the file's own mapping, then MAX_DEPTH levels in a secret
+    document = "a secrets file"
+    # a copy: the collection constructors are replaced below, PyYAML's own stay as they are
+    yaml_constructors: ClassVar[dict[str | None, Any]] = dict(SafeConstructor.yaml_constructors)
 
-    if TYPE_CHECKING:  # given by the parser the loader mixes in
+    def __init__(self, text: str, *, libyaml: bool) -> None:
+        super().__init__(text, libyaml=libyaml)
+        self._merged = 0
+        self._flattening: set[MappingNode] = set()
 
-        def check_event(self, *choices: Any) -> bool: ...
-        def get_event(self) -> Any: ...
-
-    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        if self.check_event(AliasEvent):
-            return super().compose_node(parent, index)
-        # check_event compares exact classes (libyaml's parser): name both start events
-        if self._depth > MAX_DEPTH and self.check_event(SequenceStartEvent, MappingStartEvent):
-            return self._skip_collection()
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def _skip_collection(self) -> Node:
+    def too_deep(self, start: Any, depth: int) -> Node:
         """Consume one collection's events without recursing; stand an `Invalid` for it."""
-        start = self.get_event()
         anchors = [start.anchor]
         level = 1
         end = start
@@ -136,7 +119,7 @@ class _BoundedComposer(Composer):
             end = self.get_event()
             if isinstance(end, CollectionStartEvent):
                 level += 1
-                if self._depth + level > MAX_PARSE_DEPTH:
+                if depth + level > MAX_PARSE_DEPTH:
                     raise TooDeepToParse(
                         problem=f"nested more than {MAX_PARSE_DEPTH:,} levels deep",
                         problem_mark=cast(Mark, end.start_mark),
@@ -150,18 +133,6 @@ class _BoundedComposer(Composer):
             if anchor is not None:
                 self.anchors[anchor] = node
         return node
-
-
-class _BoundedConstructor(SafeConstructor):
-    """SafeConstructor that marks what it cannot build instead of failing the document."""
-
-    # a copy: the collection constructors are replaced below, PyYAML's own stay as they are
-    yaml_constructors: ClassVar[dict[str | None, Any]] = dict(SafeConstructor.yaml_constructors)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._merged = 0
-        self._flattening: set[MappingNode] = set()
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
@@ -270,46 +241,8 @@ for _tag, _method in [
     ("tag:yaml.org,2002:omap", SafeConstructor.construct_yaml_omap),
     ("tag:yaml.org,2002:pairs", SafeConstructor.construct_yaml_pairs),
 ]:
-    _BoundedConstructor.yaml_constructors[_tag] = _contained(_method)
-_BoundedConstructor.yaml_constructors[_TOO_DEEP_TAG] = _BoundedConstructor.construct_too_deep
-
-
-class _PyParser(Reader, Scanner, Parser):
-    def __init__(self, stream: str) -> None:
-        Reader.__init__(self, stream)
-        Scanner.__init__(self)
-        Parser.__init__(self)
-
-
-class _PyLoader(_BoundedComposer, _PyParser, _BoundedConstructor, Resolver):
-    """PyYAML's own parser, then our composer and constructor (the MRO puts ours first)."""
-
-    def __init__(self, text: str) -> None:
-        _PyParser.__init__(self, text)
-        _BoundedComposer.__init__(self)
-        _BoundedConstructor.__init__(self)
-        Resolver.__init__(self)
-
-
-_CLoader: type[Any] | None = None
-try:
-    from yaml._yaml import CParser
-except ImportError:  # PyYAML built without libyaml
-    pass
-else:
-
-    class _LibyamlLoader(_BoundedComposer, CParser, _BoundedConstructor, Resolver):
-        """libyaml's parser, then our composer and constructor."""
-
-        def __init__(self, text: str) -> None:
-            CParser.__init__(self, text)
-            _BoundedComposer.__init__(self)
-            _BoundedConstructor.__init__(self)
-            Resolver.__init__(self)
-
-    _CLoader = _LibyamlLoader
-
-HAS_LIBYAML = _CLoader is not None
+    _SecretsLoader.yaml_constructors[_tag] = _contained(_method)
+_SecretsLoader.yaml_constructors[_TOO_DEEP_TAG] = _SecretsLoader.construct_too_deep
 
 
 def load(text: str, *, libyaml: bool = True) -> Any:
@@ -318,8 +251,11 @@ def load(text: str, *, libyaml: bool = True) -> Any:
     libyaml's parser when PyYAML has it (`libyaml=False` forces PyYAML's own,
     which tests use to check that both paths keep the same bounds).
     """
-    loader = _CLoader if libyaml and _CLoader is not None else _PyLoader
-    return loader(text).get_single_data()
+    loader = _SecretsLoader(text, libyaml=libyaml)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 # --- one secret as text ---------------------------------------------------------------------------
