@@ -673,6 +673,9 @@ async def test_profile_from_the_aws_config_files(
 
     with pytest.raises(ProviderSetupError, match="AWS profile 'nobody' is not in the AWS config"):
         AwsProvider("aws", aws_config(moto.endpoint, profile="nobody"))
+    monkeypatch.setenv("AWS_PROFILE", "nobody")
+    with pytest.raises(ProviderSetupError, match=r"'nobody' \(named by AWS_PROFILE\) is not"):
+        AwsProvider("aws", aws_config(moto.endpoint))
 
 
 async def test_no_credentials_is_access_denied(

@@ -207,8 +207,9 @@ class AwsProvider(BaseProvider):
             self._session.get_scoped_config()  # a named profile must exist
             region = config.region or self._session.get_config_variable("region")
         except bce.ProfileNotFound:
+            where = "" if config.profile else " (named by AWS_PROFILE)"
             raise ProviderSetupError(
-                name, f"AWS profile {config.profile!r} is not in the AWS config files"
+                name, f"AWS profile {self._session.profile!r}{where} is not in the AWS config files"
             ) from None
         except bce.ConfigParseError as exc:
             raise ProviderSetupError(name, f"the AWS config files cannot be read: {exc}") from None
