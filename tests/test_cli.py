@@ -310,10 +310,10 @@ def test_agent_mode_not_yet_available(ws: Workspace) -> None:
 def test_cloud_provider_types_are_a_config_error_for_now(ws: Workspace) -> None:
     """A provider type this version cannot build exits 2 before writing anything."""
     creds = ws.template("creds.j2", CREDS)
-    ws.providers["aws"] = {"type": "aws", "region": "us-east-1"}
+    ws.providers["kv"] = {"type": "azure", "vault_url": "https://example.vault.azure.net"}
     run = ws.run("render", "--once")
     assert 2 == run.returncode
-    assert "provider type 'aws' is not available" in run.stderr
+    assert "provider type 'azure' is not available" in run.stderr
     assert not creds.exists()
 
 

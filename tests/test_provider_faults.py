@@ -99,7 +99,40 @@ class EnvHarness(Harness):
         scene.env[self.app_id] = json.dumps(good)
 
 
-HARNESSES: dict[str, Harness] = {"file": FileHarness(), "env": EnvHarness()}
+class AwsHarness(Harness):
+    """AWS Secrets Manager: moto's server in this process (tests/fakes/moto_server.py)."""
+
+    kind = "aws"
+    app_id = "prod/app"
+
+    def config(self) -> dict[str, Any]:
+        from tests.fakes.moto_server import REGION, shared_moto
+
+        return {"type": "aws", "region": REGION, "endpoint_url": shared_moto().endpoint}
+
+    def plant(self, scene: Scene, good: dict[str, str]) -> None:
+        import boto3
+
+        from tests.fakes.moto_server import REGION, shared_moto
+
+        moto = shared_moto()
+        moto.reset()
+        client = boto3.client(
+            "secretsmanager",
+            endpoint_url=moto.endpoint,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        client.create_secret(Name=self.app_id, SecretString=json.dumps(good))
+        scene.env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+
+
+HARNESSES: dict[str, Harness] = {
+    "file": FileHarness(),
+    "env": EnvHarness(),
+    "aws": AwsHarness(),
+}
 
 
 @dataclass(frozen=True)
@@ -159,6 +192,24 @@ def unreadable(scene: Scene) -> None:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv: cannot drop CAP_DAC_OVERRIDE")
         scene.prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+@contextmanager
+def moto_knobs(**knobs: Any) -> Iterator[None]:
+    """moto's middleware set to misbehave for the run (reset by the next case's plant)."""
+    from tests.fakes.moto_server import shared_moto
+
+    for name, value in knobs.items():
+        setattr(shared_moto().knobs, name, value)
+    yield
+
+
+def aws_endpoint_down(scene: Scene) -> None:
+    """endpoint_url pointed at a port where nothing listens."""
+    from tests.fakes.moto_server import shared_moto
+
+    config = scene.root / "smagent.yaml"
+    config.write_text(config.read_text().replace(shared_moto().endpoint, "http://127.0.0.1:9"))
 
 
 def alias_bomb() -> str:
@@ -287,6 +338,36 @@ CASES: list[Fault | NotApplicable] = [
     ),
     NotApplicable("env", "credentials", "the process environment has no credentials"),
     NotApplicable("env", "throttling", NO_WORK),
+    # aws (moto's server with the fault middleware)
+    Fault("aws", "outage", "server down", aws_endpoint_down, "cannot reach http://127.0.0.1:9"),
+    Fault(
+        "aws",
+        "slow",
+        "3 s per request",
+        lambda s: moto_knobs(latency=3.0),
+        "no answer within 1s (fetch_timeout)",
+    ),
+    Fault(
+        "aws",
+        "malformed",
+        "not JSON",
+        lambda s: moto_knobs(malformed=True),
+        "gave an answer that is not Secrets Manager's",
+    ),
+    Fault(
+        "aws",
+        "credentials",
+        "unknown access key",
+        lambda s: moto_knobs(fail={"BatchGetSecretValue": (400, "UnrecognizedClientException")}),
+        "UnrecognizedClientException",
+    ),
+    Fault(
+        "aws",
+        "throttling",
+        "throttling storm",
+        lambda s: moto_knobs(throttle=10_000),
+        "ThrottlingException: Rate exceeded",
+    ),
 ]
 
 
