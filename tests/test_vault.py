@@ -106,6 +106,7 @@ async def test_kv1_and_kv2_read_with_fields(fake: VaultFake, token_file: Path) -
     async with provider(fake, cfg.VaultTokenAuth(token_file=str(token_file))) as vault:
         found = await vault.fetch([ref("kv/app"), ref("secret/data/app")])
     assert {"password": CANARY, "user": CANARY_USER} == fields(found[ref("kv/app")])
+    assert VAULT_TOKEN not in repr(vault)
     assert {"password": CANARY, "user": CANARY_USER} == fields(found[ref("secret/data/app")])
     assert "2" == found[ref("secret/data/app")].version  # type: ignore[union-attr]
 
@@ -113,10 +114,13 @@ async def test_kv1_and_kv2_read_with_fields(fake: VaultFake, token_file: Path) -
 async def test_kv2_given_version_and_cli_spelling(fake: VaultFake, token_file: Path) -> None:
     """A KV v2 version is read with ?version=N; `secret/app` is the same secret, read once."""
     async with provider(fake, cfg.VaultTokenAuth(token_file=str(token_file))) as vault:
-        found = await vault.fetch([ref("secret/data/app", "1"), ref("secret/app")])
+        found = await vault.fetch(
+            [ref("secret/data/app", "1"), ref("secret/app"), ref("secret/data/app")]
+        )
     assert {"password": "old-not-canary"} == fields(found[ref("secret/data/app", "1")])
     assert "1" == found[ref("secret/data/app", "1")].version  # type: ignore[union-attr]
     assert CANARY == fields(found[ref("secret/app")])["password"]
+    assert found[ref("secret/app")] is found[ref("secret/data/app")]
     reads = fake.seen("secret/data/app")
     assert ["", "version=1"] == sorted(r.query for r in reads)
 
@@ -151,7 +155,6 @@ def test_canonical_strips_redundant_slashes(tmp_path: Path) -> None:
     config = cfg.VaultProvider(address="http://127.0.0.1:1", auth=cfg.VaultTokenAuth())
     vault = VaultProvider("vault", config)
     assert ref("secret/data/app", "2") == vault.canonical(ref("/secret//data/app/", "2"))
-    assert "vault" not in repr(vault).replace("VaultProvider", "").replace("'vault'", "")
 
 
 # --- auth ------------------------------------------------------------------------------------
@@ -193,8 +196,10 @@ async def test_token_renewed_then_relogin_when_refused(fake: VaultFake, tmp_path
         await until(lambda: 2 <= len(fake.seen("auth/approle/login")), 3)
         found = await vault.fetch([ref("kv/app")])
     assert CANARY == fields(found[ref("kv/app")])["password"]
-    renew = fake.seen("auth/token/renew-self")[0].at - fake.seen("auth/approle/login")[0].at
-    assert 0.5 < renew < 0.9  # 2/3 of a 1 s TTL
+    logins = [r.at for r in fake.seen("auth/approle/login")]
+    renewals = [r.at for r in fake.seen("auth/token/renew-self")]
+    assert 0.5 < renewals[0] - logins[0] < 0.9  # 2/3 of a 1 s TTL
+    assert 0 < logins[1] - renewals[-1] < 0.2  # at once, not when the token runs out
 
 
 async def test_missing_token_file_is_a_clear_error(fake: VaultFake, tmp_path: Path) -> None:
@@ -290,6 +295,21 @@ async def test_throttled_and_sealed_are_retried(
         found = await vault.fetch([ref("kv/app")])
     assert CANARY == fields(found[ref("kv/app")])["password"]
     assert 3 == len(fake.seen("kv/app"))
+
+
+async def test_retry_after_honoured_briefly(fake: VaultFake, token_file: Path) -> None:
+    """A short Retry-After is waited for; a long one comes back at once with retry_after."""
+    fake.fail_next(429, 1, paths="kv/app", retry_after="1")
+    fake.fail_next(429, 1, paths="kv/other", retry_after="30")
+    async with provider(fake, cfg.VaultTokenAuth(token_file=str(token_file))) as vault:
+        found = await vault.fetch([ref("kv/app"), ref("kv/other")])
+    first, second = fake.seen("kv/app")
+    assert 1.0 <= second.at - first.at < 1.5
+    assert CANARY == fields(found[ref("kv/app")])["password"]
+    long_wait = found[ref("kv/other")]
+    assert isinstance(long_wait, Throttled)
+    assert 30.0 == long_wait.retry_after
+    assert 1 == len(fake.seen("kv/other"))
 
 
 async def test_retries_end_with_the_transient_kind(fake: VaultFake, token_file: Path) -> None:

@@ -87,6 +87,9 @@ RENEW_AT = 2 / 3
 REPLACE_BELOW = 1 / 3
 """A renewal that grants less than this share of the lease's first TTL means max_ttl is
 near: read a new secret instead (the old one stays valid until it expires)."""
+MAX_RETRY_AFTER = 2.0
+"""A Retry-After longer than this is not waited for inside a pass: the error goes back at
+once, with its retry_after, for the agent to schedule."""
 MAX_ERROR_WORDS = 300
 """Vault's error words are quoted up to this length (they never carry values, but a
 proxy's HTML error page could be long)."""
@@ -221,8 +224,9 @@ async def _retrying(
                 raise
             delay = random.uniform(0, min(cap, base * 2**number))  # noqa: S311 - jitter
             if isinstance(exc, Throttled) and exc.retry_after is not None:
+                if exc.retry_after > MAX_RETRY_AFTER:
+                    raise  # a long wait is the agent's to schedule (it reads retry_after)
                 delay = max(delay, exc.retry_after)
-            log.debug("provider.retry", what=what, attempt=number, kind=exc.kind)
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
