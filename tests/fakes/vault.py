@@ -121,6 +121,12 @@ class VaultFake:
 
     # --- set-up helpers -------------------------------------------------------------------
 
+    def reset(self) -> None:
+        """Back to a fresh state, still served at the same address."""
+        url = self.url
+        self.__init__(namespace=self.namespace)  # type: ignore[misc]
+        self.url = url
+
     def add_token(self, token: str, ttl: float = 3600.0, *, renewable: bool = True) -> str:
         self.tokens[token] = Token(ttl, renewable, max(ttl, 3600.0))
         return token
