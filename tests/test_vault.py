@@ -342,6 +342,16 @@ async def test_error_body_that_is_not_json_is_not_quoted(fake: VaultFake, token_
     assert "vault:kv/app: vault read: HTTP 502: no reason given" == str(found[ref("kv/app")])
 
 
+async def test_redirect_is_not_followed(fake: VaultFake, token_file: Path) -> None:
+    """A 307 to another node is not followed: the token goes to `address` only."""
+    fake.fail_next(307, 100, paths="kv/")
+    async with provider(fake, cfg.VaultTokenAuth(token_file=str(token_file))) as vault:
+        found = await vault.fetch([ref("kv/app")])
+    error = found[ref("kv/app")]
+    assert isinstance(error, Unavailable)
+    assert "HTTP 307: a redirect, not followed" in str(error)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="aiolimiter's bucket starts full: 2x rate_limit in the first second; "
@@ -487,6 +497,21 @@ def test_test_connection_looks_up_the_token(
     bad = run_cli("--config", config, "test-connection")
     assert 1 == bad.returncode
     assert "permission denied" in bad.stdout + bad.stderr
+
+
+def test_unusable_ca_cert_is_a_setup_error(
+    fake: VaultFake, token_file: Path, tmp_path: Path
+) -> None:
+    """A ca_cert that is not a PEM CA stops the run before anything is written (exit 2)."""
+    config_path = write_config(tmp_path, fake, token_file, 1)
+    config = yaml.safe_load(config_path.read_text())
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    config["providers"]["vault"]["ca_cert"] = str(tmp_path / "ca.pem")
+    config_path.write_text(yaml.safe_dump(config))
+    run = run_cli("--config", config_path, "render", "--once")
+    assert 2 == run.returncode
+    assert f"providers.vault: ca_cert {tmp_path / 'ca.pem'}: cannot use it" in run.stderr
+    assert [] == fake.requests
 
 
 # --- the fake answers as Vault does (hvac, test-only) ------------------------------------

@@ -57,7 +57,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -287,6 +287,14 @@ class VaultProvider:
             trust_env=False,
         )
         self._renewer = asyncio.create_task(self._keep_token(), name=f"vault-token-{self.name}")
+        host = urlsplit(self.address).hostname or ""
+        if self.address.startswith("http://") and host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning(
+                "vault.plaintext",
+                provider=self.name,
+                address=self.address,
+                advice="the token crosses the network unencrypted: use https://",
+            )
 
     async def close(self) -> None:
         """Stop renewing and close the session; leases are left to expire, not revoked
@@ -637,7 +645,12 @@ class VaultProvider:
         async with self.limits.slot():
             try:
                 async with session.request(
-                    method, url, headers=headers, params=params, json=payload
+                    method,
+                    url,
+                    headers=headers,
+                    params=params,
+                    json=payload,
+                    allow_redirects=False,  # the token goes to `address` and nowhere else
                 ) as response:
                     raw = await response.read()
                     status = response.status
@@ -648,6 +661,12 @@ class VaultProvider:
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = None
+        if 300 <= status < 400:  # a standby that does not forward, or a proxy
+            raise Unavailable(
+                ref,
+                f"vault {what}: HTTP {status}: a redirect, not followed (the token is sent to "
+                "`address` only): point address at the active node or its load balancer",
+            )
         if status >= 400 or body is None:
             if status < 400:
                 raise ProviderBug(ref, f"vault {what}: HTTP {status}: an answer that is not JSON")

@@ -179,7 +179,9 @@ class VaultFake:
         for fault in self.faults:
             if fault.left > 0 and (fault.paths is None or path.startswith(fault.paths)):
                 fault.left -= 1
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                if 300 <= fault.status < 400:  # a standby sending the client to the active node
+                    headers["Location"] = f"http://127.0.0.1:1/v1/{path}"
                 if fault.html:
                     return web.Response(
                         status=fault.status,
