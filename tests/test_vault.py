@@ -202,6 +202,21 @@ async def test_token_renewed_then_relogin_when_refused(fake: VaultFake, tmp_path
     assert 0 < logins[1] - renewals[-1] < 0.2  # at once, not when the token runs out
 
 
+async def test_given_token_looked_up_then_renewed(tmp_path: Path) -> None:
+    """A token from a file: lookup-self learns its TTL, renew-self keeps it at 2/3 of it."""
+    with running(_fill(VaultFake())) as fake:
+        path = tmp_path / "short-token"
+        path.write_text("hvs.short-lived")
+        fake.add_token("hvs.short-lived", ttl=1.0)
+        async with provider(fake, cfg.VaultTokenAuth(token_file=str(path))):
+            await until(lambda: 2 <= len(fake.seen("auth/token/renew-self")), 3)
+    lookup = fake.seen("auth/token/lookup-self")
+    renewals = [r.at for r in fake.seen("auth/token/renew-self")]
+    assert 1 == len(lookup)
+    assert 0.5 < renewals[0] - lookup[0].at < 0.9
+    assert 0.5 < renewals[1] - renewals[0] < 0.9
+
+
 async def test_missing_token_file_is_a_clear_error(fake: VaultFake, tmp_path: Path) -> None:
     """A token file that cannot be read fails the references, naming the file."""
     auth = cfg.VaultTokenAuth(token_file=str(tmp_path / "missing"))

@@ -302,7 +302,7 @@ class VaultProvider:
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await renewer
         session, self._session = self._session, None
         if session is not None:
@@ -506,9 +506,9 @@ class VaultProvider:
 
     async def _login(self) -> None:
         auth = self.config.auth
-        if not isinstance(auth, VaultApproleAuth):
+        if not isinstance(auth, VaultApproleAuth):  # re-read: another agent may rewrite it
             self._token = self._read_token()
-            self._token_expires = None
+            self._token_expires = self._token_ttl = None  # the renewal task looks it up
             return
         role_id = auth.role_id or _read_file(auth.role_id_file, "auth.role_id_file")
         payload = {"role_id": role_id}
@@ -553,12 +553,17 @@ class VaultProvider:
     async def _keep_token(self) -> None:
         """The renewal task: renew at 2/3 TTL; re-login (AppRole) when refused or near max."""
         delay = 0.0
+        failing: str | None = None
         while True:
             await asyncio.sleep(delay)
             try:
                 delay = await self._renew_token()
-            except ProviderError as exc:
-                log.warning("vault.token.renew_failed", provider=self.name, error=exc.detail)
+                failing = None
+            except Exception as exc:  # the task must outlive any one failure
+                reason = exc.detail if isinstance(exc, ProviderError) else type(exc).__name__
+                if reason != failing:  # a state change is logged once, not every attempt
+                    log.warning("vault.token.renew_failed", provider=self.name, error=reason)
+                    failing = reason
                 delay = max(1.0, (self._token_ttl or 30.0) / 10)
 
     async def _renew_token(self) -> float:
@@ -566,12 +571,11 @@ class VaultProvider:
         approle = isinstance(self.config.auth, VaultApproleAuth)
         if self._token is None:
             await self._ensure_token()
-        if self._token_ttl is None and not approle:  # a given token: learn its TTL
+        if self._token_expires is None and not approle:  # a given token: learn its TTL
             body = await self._request("GET", "auth/token/lookup-self", None, "token lookup")
             self._set_ttl(body.get("data") or {})
-        if self._token_ttl is None:
+        if self._token_ttl is None or self._token_expires is None:
             return 3600.0  # a token that never expires; look again in an hour
-        assert self._token_expires is not None
         wait = (self._token_expires - time.monotonic()) - self._token_ttl * (1 - RENEW_AT)
         if wait > 0:
             return wait

@@ -370,7 +370,7 @@ class VaultFake:
             "path": "auth/token/create",
             "policies": list(token.policies),
             "renewable": token.renewable,
-            "ttl": int(token.expires - now),
+            "ttl": int(token.expires - now + 0.5),
             "type": "service",
         }
         return _json(_envelope(data))
