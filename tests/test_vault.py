@@ -190,6 +190,7 @@ async def test_token_renewed_then_relogin_when_refused(fake: VaultFake, tmp_path
     """The token is renewed at 2/3 of its TTL; when renewal is refused, AppRole logs in again."""
     fake.approle_token_ttl = 1.0
     async with provider(fake, approle(tmp_path)) as vault:
+        await vault.fetch([ref("kv/app")])
         await until(lambda: 1 <= len(fake.seen("auth/token/renew-self")), 3)
         assert 1 == len(fake.seen("auth/approle/login"))
         fake.renew_refused = True
@@ -208,7 +209,10 @@ async def test_given_token_looked_up_then_renewed(tmp_path: Path) -> None:
         path = tmp_path / "short-token"
         path.write_text("hvs.short-lived")
         fake.add_token("hvs.short-lived", ttl=1.0)
-        async with provider(fake, cfg.VaultTokenAuth(token_file=str(path))):
+        async with provider(fake, cfg.VaultTokenAuth(token_file=str(path))) as vault:
+            await asyncio.sleep(0.1)  # what a renewal task started at once would have sent
+            assert [] == fake.requests  # opening sends nothing
+            await vault.fetch([ref("kv/app")])
             await until(lambda: 2 <= len(fake.seen("auth/token/renew-self")), 3)
     lookup = fake.seen("auth/token/lookup-self")
     renewals = [r.at for r in fake.seen("auth/token/renew-self")]

@@ -253,6 +253,8 @@ class VaultProvider:
         self._mounts: dict[str, Mount] = {}
         self._mount_lock: asyncio.Lock | None = None
         self._auth_lock: asyncio.Lock | None = None
+        self._authenticated: asyncio.Event | None = None
+        """Set by the first token obtained: opening never contacts the store by itself."""
         self._token: str | None = None
         self._token_expires: float | None = None
         """time.monotonic() at which the token expires; None: unknown or never."""
@@ -273,11 +275,13 @@ class VaultProvider:
         await self.close()
 
     async def open(self) -> None:
-        """Create the session and start the token's renewal task."""
+        """Create the session and start the token's renewal task; nothing is sent to Vault
+        until the first request (so one unreachable store never stops the others opening)."""
         if self._session is not None:
             return
         self._mount_lock = asyncio.Lock()
         self._auth_lock = asyncio.Lock()
+        self._authenticated = asyncio.Event()
         connector = aiohttp.TCPConnector(ssl=self._tls, limit=self.limits.max_concurrency)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -502,6 +506,8 @@ class VaultProvider:
             if self._token is None or expired or force:
                 await self._login()
             assert self._token is not None
+            assert self._authenticated is not None
+            self._authenticated.set()
             return self._token
 
     async def _login(self) -> None:
@@ -552,6 +558,8 @@ class VaultProvider:
 
     async def _keep_token(self) -> None:
         """The renewal task: renew at 2/3 TTL; re-login (AppRole) when refused or near max."""
+        assert self._authenticated is not None
+        await self._authenticated.wait()  # a provider nobody uses makes no request
         delay = 0.0
         failing: str | None = None
         while True:
