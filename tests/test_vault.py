@@ -557,6 +557,11 @@ def test_fake_speaks_vault_to_hvac(fake: VaultFake) -> None:
     client.sys.revoke_lease(creds["lease_id"])
     login = hvac.Client(url=fake.url).auth.approle.login(ROLE_ID, SECRET_ID)
     assert login["auth"]["client_token"].startswith("hvs.")
+    assert 60 == login["auth"]["lease_duration"]
+    assert 3600 == client.auth.token.lookup_self()["data"]["ttl"]
+    assert client.auth.token.renew_self()["auth"]["renewable"]
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="invalid role or secret ID"):
+        hvac.Client(url=fake.url).auth.approle.login(ROLE_ID, "wrong")
     fake.deny.add("kv/app")
     with pytest.raises(hvac.exceptions.Forbidden):
         client.secrets.kv.v1.read_secret("app", mount_point="kv")
