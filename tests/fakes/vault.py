@@ -454,7 +454,10 @@ def running(fake: VaultFake, *, tls: Path | None = None) -> Iterator[VaultFake]:
     async def serve() -> None:
         nonlocal stop
         stop = asyncio.Event()
-        runner = web.AppRunner(fake.app(), access_log=None, handle_signals=False)
+        # a stalled handler (the latency knob) must not hold the test's teardown
+        runner = web.AppRunner(
+            fake.app(), access_log=None, handle_signals=False, shutdown_timeout=0.2
+        )
         await runner.setup()
         context = None
         if tls is not None:
