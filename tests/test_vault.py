@@ -331,6 +331,24 @@ async def test_retry_after_honoured_briefly(fake: VaultFake, token_file: Path) -
     assert 1 == len(fake.seen("kv/other"))
 
 
+async def test_unmounted_path_and_sealed_preflight(fake: VaultFake, token_file: Path) -> None:
+    """A path under no mount is denied with Vault's preflight words and the ref; a sealed
+    Vault is asked about mounts once per pass, not once per secret."""
+    async with provider(fake, cfg.VaultTokenAuth(token_file=str(token_file))) as vault:
+        found = await vault.fetch([ref("nomount/app")])
+        fake.fail_next(503, 1000, paths="sys/internal/ui/mounts/")
+        sealed = await vault.fetch([ref(f"other{n}/app") for n in range(5)])
+    assert isinstance(found[ref("nomount/app")], AccessDenied)
+    assert (
+        "vault:nomount/app: vault mount of 'nomount/app': HTTP 403: preflight capability check "
+        'returned 403, please ensure client\'s policies grant access to path "nomount/app/"'
+    ) == str(found[ref("nomount/app")])
+    for n in range(5):
+        assert isinstance(sealed[ref(f"other{n}/app")], Unavailable)
+        assert str(ref(f"other{n}/app")) in str(sealed[ref(f"other{n}/app")])
+    assert 1 + 4 == len(fake.seen("sys/internal/ui/mounts/"))  # nomount, then one sealed try x4
+
+
 async def test_retries_end_with_the_transient_kind(fake: VaultFake, token_file: Path) -> None:
     """A store that stays sealed yields Unavailable with Vault's words after a few tries."""
     fake.fail_next(503, 100, paths="kv/")

@@ -385,21 +385,29 @@ class VaultProvider:
         for ref in refs:
             path = self.canonical(ref).secret_id
             found = mounts.get(path)
-            plans[ref] = found if isinstance(found, ProviderError) else _read_of(ref, path, found)
+            if isinstance(found, ProviderError):
+                plans[ref] = _for_ref(found, ref)
+            else:
+                plans[ref] = _read_of(ref, path, found)
         return plans
 
     async def _mounts_of(self, paths: set[str]) -> dict[str, Mount | ProviderError | None]:
         """The mount of each path: from the cache, else one preflight per new mount."""
         assert self._mount_lock is not None
         out: dict[str, Mount | ProviderError | None] = {}
+        outage: ProviderError | None = None
         async with self._mount_lock:  # concurrent passes share one preflight per mount
             for path in sorted(paths):
                 mount = self._known_mount(path)
+                if mount is None and outage is not None:
+                    out[path] = outage  # a sealed or throttling Vault is not asked again
+                    continue
                 if mount is None:
                     try:
                         mount = await self._preflight(path)
                     except ProviderError as exc:
                         out[path] = exc
+                        outage = exc if exc.transient else None
                         continue
                 out[path] = mount if mount.kind else None
         return out
@@ -723,10 +731,13 @@ def _read_of(ref: SecretRef, path: str, mount: Mount | None) -> _Read | Provider
     return _Read(path, None, mount)
 
 
-def _for_ref(value: FetchResult, ref: SecretRef) -> FetchResult:
-    if isinstance(value, ProviderError) and value.ref != ref:
-        return type(value)(ref, value.detail)
-    return value
+def _for_ref(value: T, ref: SecretRef) -> T:
+    """One answer given to each ref that asked for it (an error names each ref)."""
+    if not isinstance(value, ProviderError) or value.ref == ref:
+        return value
+    if isinstance(value, Throttled):
+        return Throttled(ref, value.detail, value.retry_after)  # type: ignore[return-value]
+    return type(value)(ref, value.detail)
 
 
 def _json_text(data: Any, ref: SecretRef) -> str:
