@@ -74,7 +74,7 @@ def provider(
     fake: VaultFake, auth: cfg.VaultApproleAuth | cfg.VaultTokenAuth, **extra: Any
 ) -> VaultProvider:
     extra.setdefault("rate_limit", None)
-    config = cfg.VaultProvider(address=fake.url, auth=auth, **extra)
+    config = cfg.VaultProviderConfig(address=fake.url, auth=auth, **extra)
     return VaultProvider("vault", config)
 
 
@@ -152,7 +152,7 @@ async def test_not_found_version_and_stage_fail_clearly(fake: VaultFake, token_f
 
 def test_canonical_strips_redundant_slashes(tmp_path: Path) -> None:
     """`/secret//data/app/` and `secret/data/app` are one secret."""
-    config = cfg.VaultProvider(address="http://127.0.0.1:1", auth=cfg.VaultTokenAuth())
+    config = cfg.VaultProviderConfig(address="http://127.0.0.1:1", auth=cfg.VaultTokenAuth())
     vault = VaultProvider("vault", config)
     assert ref("secret/data/app", "2") == vault.canonical(ref("/secret//data/app/", "2"))
 
@@ -389,11 +389,6 @@ async def test_redirect_is_not_followed(fake: VaultFake, token_file: Path) -> No
     assert "HTTP 307: a redirect, not followed" in str(error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiolimiter's bucket starts full: 2x rate_limit in the first second; "
-    "limits.py is fixed by h5-iface (ISSUE5-INTERFACE), then this passes",
-)
 async def test_rate_limit_holds_at_the_server(fake: VaultFake, token_file: Path) -> None:
     """At most rate_limit requests in any sliding 1 s window, measured at the fake."""
     for n in range(12):

@@ -37,11 +37,15 @@ renews the token at 2/3 of its TTL; when renewal is refused or the token
 nears its max TTL, AppRole logs in again. TLS verification is always on;
 `ca_cert` adds the CA of a private Vault.
 
-Retries: ours (`_retrying`), never aiohttp's (it has none): 429 (a rate-limit
-quota), 5xx (503 sealed or standby) and network errors, briefly, with
-backoff, full jitter and Retry-After; 400/403/404 fail at once with Vault's
-own words and the reference. `_STATUS_KINDS` and `_EXCEPTION_KINDS` are the
-one translation table from statuses and aiohttp exceptions to our kinds.
+Retries: ours (`BaseProvider.request`, i.e. `retry.retrying`), never
+aiohttp's (it has none): 429 (a rate-limit quota), 5xx (503 sealed or
+standby) and network errors, briefly, with backoff, full jitter and
+Retry-After, within the pass's deadline; 400/403/404 fail at once with
+Vault's own words and the reference. A Retry-After longer than `retrying`'s
+`max_wait`, or than what is left of the pass, goes back at once as
+`Throttled(retry_after=...)` for the agent to schedule. `_STATUS_KINDS` and
+`_EXCEPTION_KINDS` are the one translation table from statuses and aiohttp
+exceptions to our kinds.
 """
 
 from __future__ import annotations
@@ -50,22 +54,21 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from smagent.config import VaultApproleAuth
-from smagent.config import VaultProvider as VaultProviderConfig
+from smagent.config import VaultApproleAuth, VaultProviderConfig
 from smagent.logging import get_logger
 from smagent.providers.base import (
     AccessDenied,
+    BaseProvider,
     FetchResult,
     Lease,
     NotFound,
@@ -80,16 +83,12 @@ from smagent.providers.base import (
 from smagent.references import SecretRef
 
 log = get_logger()
-T = TypeVar("T")
 
 RENEW_AT = 2 / 3
 """Renew a token or a lease at 2/3 of its TTL, as Vault Agent does."""
 REPLACE_BELOW = 1 / 3
 """A renewal that grants less than this share of the lease's first TTL means max_ttl is
 near: read a new secret instead (the old one stays valid until it expires)."""
-MAX_RETRY_AFTER = 2.0
-"""A Retry-After longer than this is not waited for inside a pass: the error goes back at
-once, with its retry_after, for the agent to schedule."""
 MAX_ERROR_WORDS = 300
 """Vault's error words are quoted up to this length (they never carry values, but a
 proxy's HTML error page could be long)."""
@@ -197,56 +196,24 @@ def _retry_after(text: str | None) -> float | None:
         seconds = float(text) if text is not None else None
     except ValueError:
         return None
-    return seconds if seconds is not None and 0 <= seconds <= 60 else None
-
-
-# --- retries (until smagent/providers/retry.py lands: same signature) ------------------------
-
-
-async def _retrying(
-    attempt: Callable[[], Awaitable[T]],
-    *,
-    what: str,
-    attempts: int = 4,
-    base: float = 0.05,
-    cap: float = 1.0,
-) -> T:
-    """Retry transient kinds with exponential backoff and full jitter; permanent ones raise.
-
-    The enclosing pass deadline (the resolver's asyncio timeout) cancels the
-    sleep: a retry never outlives `fetch_timeout`.
-    """
-    for number in range(1, attempts + 1):
-        try:
-            return await attempt()
-        except ProviderError as exc:
-            if not exc.transient or number == attempts:
-                raise
-            delay = random.uniform(0, min(cap, base * 2**number))  # noqa: S311 - jitter
-            if isinstance(exc, Throttled) and exc.retry_after is not None:
-                if exc.retry_after > MAX_RETRY_AFTER:
-                    raise  # a long wait is the agent's to schedule (it reads retry_after)
-                delay = max(delay, exc.retry_after)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    if seconds is None or not 0 <= seconds < float("inf"):
+        return None
+    return seconds  # however long: `retrying` gives a long one back to the agent at once
 
 
 # --- the provider --------------------------------------------------------------------------
 
 
-class VaultProvider:
+class VaultProvider(BaseProvider):
     def __init__(
         self,
         name: str,
         config: VaultProviderConfig,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
-        from smagent.providers.limits import Limits
-
-        self.name = name
+        super().__init__(name, config)
         self.config = config
         self.address = config.address.rstrip("/")
-        self.limits = Limits(config.rate_limit, config.max_concurrency)
         self._environ = environ
         self._session: aiohttp.ClientSession | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -262,17 +229,9 @@ class VaultProvider:
         self._token_renewable = False
         self._first_ttl: dict[str, float] = {}
         """lease_id -> the TTL of its first grant (to tell when renewal nears max_ttl)."""
-        self._state = "ok"
         self._tls = _tls_context(name, config.ca_cert)
 
     # --- lifecycle -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Create the session and start the token's renewal task; nothing is sent to Vault
@@ -312,9 +271,6 @@ class VaultProvider:
         if session is not None:
             await session.close()
 
-    async def aclose(self) -> None:
-        await self.close()
-
     # --- the Provider face -----------------------------------------------------------------
 
     def canonical(self, ref: SecretRef) -> SecretRef:
@@ -342,7 +298,7 @@ class VaultProvider:
             except ProviderError as exc:
                 value = exc
             for ref in asking:
-                results[ref] = _for_ref(value, ref)
+                results[ref] = value.for_ref(ref) if isinstance(value, ProviderError) else value
 
         await asyncio.gather(*(one(read, asking) for read, asking in reads.items()))
         return results
@@ -369,10 +325,6 @@ class VaultProvider:
         await self.open()
         await self._request("GET", "auth/token/lookup-self", None, "token lookup")
 
-    async def current_version(self, ref: SecretRef) -> str | None:
-        """The pre-reshape face (until h5-iface lands): None means "fetch again"."""
-        return None
-
     def __repr__(self) -> str:
         return f"VaultProvider(name={self.name!r}, address={self.address!r})"
 
@@ -386,7 +338,7 @@ class VaultProvider:
             path = self.canonical(ref).secret_id
             found = mounts.get(path)
             if isinstance(found, ProviderError):
-                plans[ref] = _for_ref(found, ref)
+                plans[ref] = found if found.ref == ref else found.for_ref(ref)
             else:
                 plans[ref] = _read_of(ref, path, found)
         return plans
@@ -628,25 +580,28 @@ class VaultProvider:
         payload: Mapping[str, Any] | None = None,
         authenticated: bool = True,
     ) -> dict[str, Any]:
-        """One API call, retried briefly on transient errors; returns the decoded envelope."""
+        """One API call, retried briefly on transient errors; returns the decoded envelope.
+
+        The token is made sure of before, outside the request's `limits` slot:
+        an AppRole login is a request of its own with its own slot (one slot
+        nested in another would count twice and, at max_concurrency 1, wait
+        for itself). Each attempt sends the token of the moment, so a retry
+        after the renewal task logged in again carries the new one.
+        """
+        if authenticated:
+            await self._ensure_token()
 
         async def attempt() -> dict[str, Any]:
             headers = {}
             if authenticated:
-                headers["X-Vault-Token"] = await self._ensure_token()
+                if self._token is None:
+                    raise ProviderBug(ref, f"vault {what}: no token to send")
+                headers["X-Vault-Token"] = self._token
             if self.config.namespace:
                 headers["X-Vault-Namespace"] = self.config.namespace
             return await self._once(method, path, ref, what, headers, params, payload)
 
-        try:
-            body = await _retrying(attempt, what=what)
-        except ProviderError as exc:
-            self._note(exc)
-            raise
-        if self._state != "ok":
-            log.info("provider.recovered", provider=self.name)
-            self._state = "ok"
-        return body
+        return await self.request(attempt, what=what)
 
     async def _once(
         self,
@@ -662,21 +617,20 @@ class VaultProvider:
         if session is None:
             raise ProviderBug(ref, "vault: the provider is closed")
         url = f"{self.address}/v1/{quote(path, safe='/')}"
-        async with self.limits.slot():
-            try:
-                async with session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    params=params,
-                    json=payload,
-                    allow_redirects=False,  # the token goes to `address` and nowhere else
-                ) as response:
-                    raw = await response.read()
-                    status = response.status
-                    got = response.headers
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise translate_exception(exc, ref, what) from None
+        try:  # inside the `limits` slot `BaseProvider.request` holds
+            async with session.request(
+                method,
+                url,
+                headers=headers,
+                params=params,
+                json=payload,
+                allow_redirects=False,  # the token goes to `address` and nowhere else
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                got = response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise translate_exception(exc, ref, what) from None
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
@@ -694,13 +648,6 @@ class VaultProvider:
         if not isinstance(body, dict):
             raise ProviderBug(ref, f"vault {what}: an answer that is not a JSON object")
         return body
-
-    def _note(self, exc: ProviderError) -> None:
-        """Log a change of state once (throttled, unavailable), never each retry."""
-        if exc.transient and self._state != exc.kind:
-            self._state = exc.kind
-            event = "provider.throttled" if isinstance(exc, Throttled) else "provider.unavailable"
-            log.warning(event, provider=self.name, error=exc.detail)
 
 
 def _tls_context(name: str, ca_cert: str | None) -> ssl.SSLContext:
@@ -729,15 +676,6 @@ def _read_of(ref: SecretRef, path: str, mount: Mount | None) -> _Read | Provider
         kind = "KV v1" if mount is not None and mount.kind == "kv" else "this secrets engine"
         return NotFound(ref, f"{kind} keeps no versions: drop `version`")
     return _Read(path, None, mount)
-
-
-def _for_ref(value: T, ref: SecretRef) -> T:
-    """One answer given to each ref that asked for it (an error names each ref)."""
-    if not isinstance(value, ProviderError) or value.ref == ref:
-        return value
-    if isinstance(value, Throttled):
-        return Throttled(ref, value.detail, value.retry_after)  # type: ignore[return-value]
-    return type(value)(ref, value.detail)
 
 
 def _json_text(data: Any, ref: SecretRef) -> str:
