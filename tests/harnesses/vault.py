@@ -1,32 +1,24 @@
 """The `vault` provider's contract harness: the Vault fake (tests/fakes/vault.py), KV v2 at secret/.
 
-Live once tests/providers_harness.py (h5-iface) is on the branch; until then nothing imports it.
+A Vault secret is a mapping of fields: `put` stores the value as the field
+`value`, and `value` picks it out of the JSON of the fields the provider gives.
 """
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractContextManager
 from typing import Any, Self
 
-from tests.providers_harness import STORE, StoreHarness
-
 from smagent.references import SecretRef
 from tests.fakes.vault import VaultFake, running
+from tests.providers_harness import STORE, StoreHarness
 
 TOKEN = "hvs.contract-harness-token"
 
 
 class VaultHarness(StoreHarness):
     kind = "vault"
-    not_applicable = {  # noqa: RUF012 (a ClassVar by the base class)
-        # A Vault secret is a mapping of fields: its value is their JSON, never the bare text
-        # these cases compare with. A `value` hook in the contract (identity by default;
-        # here json.loads(...)["value"]) would let them run; test_vault.py covers them now.
-        "found": "the value is the JSON of the secret's fields (test_vault.py: KV v1/v2 reads)",
-        "refresh": "as found (test_vault.py: refresh by KV v2 metadata version, and leases)",
-        "throttled": "as found (test_vault.py: 429/503 retried, then the value)",
-        "canonical": "as found (test_vault.py: secret/app and secret/data/app, one read)",
-    }
 
     async def __aenter__(self) -> Self:
         self.fake = VaultFake()
@@ -67,6 +59,13 @@ class VaultHarness(StoreHarness):
 
     async def stall(self) -> None:
         self.fake.latency = 3 * self.fetch_timeout
+
+    def value(self, revealed: str | bytes) -> str | bytes:
+        fields = json.loads(revealed)
+        assert isinstance(fields, dict), fields
+        assert ["value"] == list(fields), "the secret holds the one field put wrote"
+        picked: str = fields["value"]
+        return picked
 
     def spellings(self, name: str) -> list[SecretRef]:
         return [self.ref(name), SecretRef(STORE, f"/secret//data/{name}/")]
