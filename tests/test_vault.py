@@ -27,6 +27,7 @@ from smagent.providers.base import (
     Unavailable,
     Unchanged,
 )
+from smagent.providers.retry import DEADLINE
 from smagent.providers.vault import (
     _EXCEPTION_KINDS,
     VaultProvider,
@@ -174,6 +175,17 @@ async def test_approle_login_once_and_token_used(fake: VaultFake, tmp_path: Path
         found = await vault.fetch([ref("kv/app"), ref("secret/data/app")])
         await vault.fetch([ref("secret/data/app", "1")])
     assert CANARY == fields(found[ref("kv/app")])["password"]
+    assert 1 == len(fake.seen("auth/approle/login"))
+
+
+async def test_approle_login_takes_its_own_limits_slot(fake: VaultFake, tmp_path: Path) -> None:
+    """At max_concurrency 1 the login is a request of its own, never nested in the read's slot
+    (which would wait for itself)."""
+    async with provider(fake, approle(tmp_path), max_concurrency=1) as vault:
+        async with asyncio.timeout(5):
+            found = await vault.fetch([ref("kv/app"), ref("secret/data/app")])
+    assert CANARY == fields(found[ref("kv/app")])["password"]
+    assert CANARY == fields(found[ref("secret/data/app")])["password"]
     assert 1 == len(fake.seen("auth/approle/login"))
 
 
@@ -329,6 +341,29 @@ async def test_retry_after_honoured_briefly(fake: VaultFake, token_file: Path) -
     assert isinstance(long_wait, Throttled)
     assert 30.0 == long_wait.retry_after
     assert 1 == len(fake.seen("kv/other"))
+
+
+async def test_retry_after_past_the_deadline_goes_back_at_once(
+    fake: VaultFake, token_file: Path
+) -> None:
+    """A Retry-After that ends past the pass's deadline, or a very long one, is not waited
+    for: Throttled at once, carrying the store's wait for the agent."""
+    fake.fail_next(429, 1, paths="kv/app", retry_after="3")
+    fake.fail_next(429, 1, paths="kv/other", retry_after="120")
+    async with provider(fake, cfg.VaultTokenAuth(token_file=str(token_file))) as vault:
+        started = time.monotonic()
+        token = DEADLINE.set(asyncio.get_running_loop().time() + 2.0)
+        try:
+            found = await vault.fetch([ref("kv/app"), ref("kv/other")])
+        finally:
+            DEADLINE.reset(token)
+        took = time.monotonic() - started
+    for path, wait in (("kv/app", 3.0), ("kv/other", 120.0)):
+        error = found[ref(path)]
+        assert isinstance(error, Throttled), error
+        assert wait == error.retry_after
+        assert 1 == len(fake.seen(path))
+    assert took < 1.5
 
 
 async def test_unmounted_path_and_sealed_preflight(fake: VaultFake, token_file: Path) -> None:
