@@ -428,7 +428,7 @@ class VaultProvider(BaseProvider):
             if _text(current) == value.version:
                 return Unchanged()
         fresh = await self._read(plan, ref)
-        if fresh.reveal() == value.reveal() and fresh.version == value.version:
+        if fresh.same_as(value):
             return Unchanged()
         return fresh
 
