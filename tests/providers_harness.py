@@ -84,6 +84,11 @@ class StoreHarness:
         """Make the store answer later than `fetch_timeout` (or never)."""
         raise NotImplementedError
 
+    def value(self, revealed: str | bytes) -> str | bytes:
+        """The value `put` stored, from what the provider revealed: the same, unless the
+        store keeps a secret as a mapping of fields (Vault: the JSON of its fields)."""
+        return revealed
+
     def spellings(self, name: str) -> list[SecretRef]:
         """Two or more spellings of the one secret `name` (for the canonical-dedup case)."""
         raise NotImplementedError

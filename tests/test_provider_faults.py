@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from tests.conftest import CANARIES, CANARY, CANARY_TOKEN, Run, special_file
+from tests.fakes.vault import VaultFake, running
 from tests.leaks import allow_secrets_in, assert_no_leak
 
 TIME_LIMIT = 4.0
@@ -128,10 +129,42 @@ class AwsHarness(Harness):
         scene.env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
 
 
+class VaultHarness(Harness):
+    """One Vault fake for the whole session (its thread ends with the process), reset per case."""
+
+    kind = "vault"
+    app_id = "secret/data/app"
+    token = "hvs.fault-harness-token"
+
+    def __init__(self) -> None:
+        self._fake: VaultFake | None = None
+        self._served: AbstractContextManager[VaultFake] | None = None
+
+    @property
+    def fake(self) -> VaultFake:
+        if self._fake is None:
+            fake = VaultFake()
+            self._served = running(fake)  # kept: collecting it would stop the server
+            self._served.__enter__()  # served until the test process exits
+            self._fake = fake
+        return self._fake
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "vault", "address": self.fake.url, "auth": {"method": "token"}}
+
+    def plant(self, scene: Scene, good: dict[str, str]) -> None:
+        self.fake.reset()
+        self.fake.add_token(self.token)
+        self.fake.put_kv2("app", good)
+        scene.env["VAULT_TOKEN"] = self.token  # the vault CLI's variable, read when no token_file
+
+
+VAULT = VaultHarness()
 HARNESSES: dict[str, Harness] = {
     "file": FileHarness(),
     "env": EnvHarness(),
     "aws": AwsHarness(),
+    "vault": VAULT,
 }
 
 
@@ -367,6 +400,51 @@ CASES: list[Fault | NotApplicable] = [
         "throttling storm",
         lambda s: moto_knobs(throttle=10_000),
         "ThrottlingException: Rate exceeded",
+    ),
+    # vault
+    Fault(
+        "vault",
+        "outage",
+        "sealed",
+        lambda s: VAULT.fake.fail_next(503, 1000, paths="secret/"),
+        "vault read: HTTP 503: Vault is sealed",
+    ),
+    Fault(
+        "vault",
+        "slow",
+        "answers after the deadline",
+        lambda s: setattr(VAULT.fake, "latency", 5.0),
+        "no answer within 1s (fetch_timeout)",
+    ),
+    Fault(
+        "vault",
+        "malformed",
+        "HTML instead of JSON",
+        lambda s: VAULT.fake.fail_next(
+            200, 1000, message=f"<html>{CANARY}</html>", paths="secret/", html=True
+        ),
+        "vault read: HTTP 200: an answer that is not JSON",
+    ),
+    Fault(
+        "vault",
+        "credentials",
+        "permission denied",
+        lambda s: VAULT.fake.deny.add("secret/data/app"),
+        "vault read: HTTP 403: 1 error occurred: * permission denied",
+    ),
+    Fault(
+        "vault",
+        "credentials",
+        "token revoked",
+        lambda s: VAULT.fake.tokens.clear(),
+        "HTTP 403: permission denied",
+    ),
+    Fault(
+        "vault",
+        "throttling",
+        "rate-limit quota",
+        lambda s: VAULT.fake.fail_next(429, 1000, paths="secret/"),
+        'HTTP 429: request path "secret/data/app": rate limit quota exceeded',
     ),
 ]
 
