@@ -258,7 +258,9 @@ async def test_a_vault_not_listening_is_unavailable(tmp_path: Path, secret_file:
     assert fake.url in str(error)
 
 
-async def test_a_certificate_from_another_ca_is_refused(tmp_path: Path, secret_file: Path) -> None:
+async def test_tls_certificate_from_another_ca_is_refused(
+    tmp_path: Path, secret_file: Path
+) -> None:
     """TLS verification is on: a vault whose certificate another CA signed is refused clearly."""
     (tmp_path / "other").mkdir()
     with running_vault(tmp_path / "other", tenant=TENANT, ca=trustme.CA()) as fake:
