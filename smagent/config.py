@@ -194,7 +194,15 @@ class AzureProviderConfig(_ProviderBase, tag="azure", frozen=True, kw_only=True)
     credential: Literal["default", "managed_identity", "client_secret"] = "default"
     tenant_id: Text | None = None
     client_id: Text | None = None
+    """client_secret: the app registration; managed_identity/default: a user-assigned identity."""
     client_secret_file: Text | None = None
+    authority_host: Text | None = None
+    """The Entra ID host tokens come from (a sovereign cloud, Azure Stack, a test endpoint)."""
+    ca_cert: Text | None = None
+    """A PEM bundle trusted instead of the system's CAs, for the vault and the token endpoint."""
+    verify_challenge_resource: bool = True
+    """False only for a vault not under *.vault.azure.net (a private endpoint's own name, a test
+    vault): the SDK otherwise refuses a challenge whose resource does not match the URL."""
 
 
 class VaultApproleAuth(_Strict, tag_field="method", tag="approle", frozen=True, kw_only=True):
@@ -540,11 +548,14 @@ class _Builder:
                 for key in ("tenant_id", "client_id", "client_secret_file"):
                     if getattr(provider, key) is None:
                         self.issue(f"{where}.{key}", "required with credential: client_secret")
-            elif provider.client_secret_file is not None:
-                self.issue(
-                    f"{where}.client_secret_file",
-                    f"only used with credential: client_secret (this one is {provider.credential})",
-                )
+            else:
+                for key in ("tenant_id", "client_secret_file"):
+                    if getattr(provider, key) is not None:
+                        self.issue(
+                            f"{where}.{key}",
+                            "only used with credential: client_secret "
+                            f"(this one is {provider.credential})",
+                        )
         auth = getattr(provider, "auth", None)
         if isinstance(auth, VaultApproleAuth) and (auth.role_id is None) == (
             auth.role_id_file is None
@@ -1096,6 +1107,7 @@ def _read_files(providers: Mapping[str, ProviderConfig]) -> Iterator[tuple[str, 
 
 _URL_FIELDS = {
     "vault_url": ("https",),  # the Key Vault client refuses anything else
+    "authority_host": ("https",),  # azure-identity refuses anything else
     "address": ("https", "http"),
     "endpoint_url": ("https", "http"),
 }

@@ -307,13 +307,22 @@ def test_agent_mode_not_yet_available(ws: Workspace) -> None:
     assert "--once" in run.stderr
 
 
-def test_cloud_provider_types_are_a_config_error_for_now(ws: Workspace) -> None:
-    """A provider type this version cannot build exits 2 before writing anything."""
+def test_a_provider_that_cannot_be_built_stops_before_any_write(ws: Workspace) -> None:
+    """A provider that cannot be built (its client secret file is missing) exits 2 before
+    writing anything, naming the provider and the file."""
     creds = ws.template("creds.j2", CREDS)
-    ws.providers["kv"] = {"type": "azure", "vault_url": "https://example.vault.azure.net"}
+    ws.providers["kv"] = {
+        "type": "azure",
+        "vault_url": "https://example.vault.azure.net",
+        "credential": "client_secret",
+        "tenant_id": "t",
+        "client_id": "c",
+        "client_secret_file": "no-such-file",
+    }
     run = ws.run("render", "--once")
     assert 2 == run.returncode
-    assert "provider type 'azure' is not available" in run.stderr
+    assert "providers.kv: cannot read client_secret_file" in run.stderr
+    assert "no-such-file: No such file or directory" in run.stderr
     assert not creds.exists()
 
 

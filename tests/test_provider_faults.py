@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from tests.conftest import CANARIES, CANARY, CANARY_TOKEN, Run, special_file
+from tests.fakes.keyvault import Canned, KeyVaultFake
 from tests.fakes.vault import VaultFake, running
 from tests.leaks import allow_secrets_in, assert_no_leak
 
@@ -58,6 +59,8 @@ class Scene:
     prefix: list[str] = field(default_factory=list)
     """A command the CLI runs under (to drop root's file-permission override)."""
     fetch_timeout: str = "1s"
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    """Called after the run (a store fake to stop)."""
 
     @property
     def secrets(self) -> Path:
@@ -159,12 +162,55 @@ class VaultHarness(Harness):
         scene.env["VAULT_TOKEN"] = self.token  # the vault CLI's variable, read when no token_file
 
 
+class AzureHarness(Harness):
+    """A local HTTPS Key Vault (tests/fakes/keyvault.py) read with a real client secret."""
+
+    kind = "azure"
+    app_id = "app"
+    client_secret = "fault-client-secret-Qs3"
+
+    def __init__(self) -> None:
+        self.fake: KeyVaultFake | None = None
+
+    def config(self) -> dict[str, Any]:
+        assert self.fake is not None
+        return {
+            "type": "azure",
+            "vault_url": self.fake.url,
+            "credential": "client_secret",
+            "tenant_id": self.fake.tenant,
+            "client_id": "app-1",
+            "client_secret_file": "store/client-secret",
+            "authority_host": self.fake.url,
+            "ca_cert": str(self.fake.ca_path),
+            "verify_challenge_resource": False,
+        }
+
+    def plant(self, scene: Scene, good: dict[str, str]) -> None:
+        store = scene.secrets.parent
+        store.mkdir(exist_ok=True)
+        (store / "client-secret").write_text(self.client_secret)
+        (store / "client-secret").chmod(0o600)
+        allow_secrets_in(store / "client-secret")
+        self.fake = fake = KeyVaultFake(store)
+        fake.clients["app-1"] = self.client_secret
+        fake.start()
+        scene.cleanups.append(fake.stop)
+        fake.put(self.app_id, json.dumps(good))
+
+    def vault(self) -> KeyVaultFake:
+        assert self.fake is not None
+        return self.fake
+
+
 VAULT = VaultHarness()
+AZURE = AzureHarness()
 HARNESSES: dict[str, Harness] = {
     "file": FileHarness(),
     "env": EnvHarness(),
     "aws": AwsHarness(),
     "vault": VAULT,
+    "azure": AZURE,
 }
 
 
@@ -446,6 +492,58 @@ CASES: list[Fault | NotApplicable] = [
         lambda s: VAULT.fake.fail_next(429, 1000, paths="secret/"),
         'HTTP 429: request path "secret/data/app": rate limit quota exceeded',
     ),
+    # azure
+    Fault(
+        "azure",
+        "outage",
+        "vault not listening",
+        lambda s: AZURE.vault().stop(),
+        "Cannot connect to host 127.0.0.1",
+    ),
+    Fault(
+        "azure",
+        "slow",
+        "answers after 10 s",
+        lambda s: setattr(AZURE.vault(), "latency", 10.0),
+        "no answer within 1s (fetch_timeout)",
+    ),
+    Fault(
+        "azure",
+        "malformed",
+        "answer not JSON",
+        lambda s: AZURE.vault().script.append(Canned(200, "", "", body=f"not json {CANARY}")),
+        "answered with a body that is not JSON",
+    ),
+    Fault(
+        "azure",
+        "malformed",
+        "answer without a value",
+        lambda s: AZURE.vault().script.append(
+            Canned(200, "", "", body='{"id": "https://h/secrets/app/1"}')
+        ),
+        "the vault answered without a value",
+    ),
+    Fault(
+        "azure",
+        "credentials",
+        "client secret refused",
+        lambda s: AZURE.vault().clients.update({"app-1": "another"}),
+        "AADSTS7000215: Invalid client secret provided",
+    ),
+    Fault(
+        "azure",
+        "credentials",
+        "no role on the vault",
+        lambda s: AZURE.vault().denied.add(AzureHarness.app_id),
+        "answered 403 Forbidden: Caller is not authorized",
+    ),
+    Fault(
+        "azure",
+        "throttling",
+        "429 on every try",
+        lambda s: AZURE.vault().fail_next(429, "Throttled", count=50, retry_after="0.05"),
+        "answered 429 Throttled: Too many requests.",
+    ),
 ]
 
 
@@ -537,10 +635,13 @@ def test_fault(tmp_path: Path, case: Fault | NotApplicable) -> None:
     if isinstance(case, NotApplicable):
         pytest.skip(f"not applicable to {case.provider}: {case.reason}")
     scene = Scene(tmp_path)
-    build(scene, HARNESSES[case.provider])
-
-    with injected(case, scene):
-        result, elapsed = render_once(scene)
+    try:
+        build(scene, HARNESSES[case.provider])
+        with injected(case, scene):
+            result, elapsed = render_once(scene)
+    finally:
+        for cleanup in scene.cleanups:
+            cleanup()
 
     logs = result.logs()
     assert 1 == result.returncode, result.stderr[-2000:]
