@@ -60,6 +60,20 @@ _STORES: dict[str, _Store] = {
         "Azure SDK",
     ),
     "vault": _Store("smagent.providers.vault", "VaultProvider", ("aiohttp",), "vault", "aiohttp"),
+    "arcion-aws": _Store(
+        "smagent.providers.arcion_aws", "ArcionAwsProvider", ("aiobotocore",), "aws", "AWS SDK"
+    ),
+    "arcion-azure": _Store(
+        "smagent.providers.arcion_azure",
+        "ArcionAzureProvider",
+        ("azure.keyvault.secrets", "azure.identity", "aiohttp"),
+        "azure",
+        "Azure SDK",
+    ),
+}
+_UNAVAILABLE = {
+    "arcion-azure": "the Azure namespaces of an Arcion secret-manager file need the azure "
+    "provider, which is not available in this version yet",
 }
 
 
@@ -68,6 +82,8 @@ def create_provider(name: str, config: ProviderConfig) -> Provider:
     kind = type(config).__struct_config__.tag
     assert isinstance(kind, str)
     store = _STORES[kind]
+    if kind in _UNAVAILABLE and not _installed(store.module):
+        raise ProviderSetupError(name, _UNAVAILABLE[kind])
     for module in store.sdk:
         if not _installed(module):
             raise ProviderSetupError(
