@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any
 
 import botocore.exceptions as bce
@@ -31,6 +32,14 @@ from botocore.config import Config as BotoConfig
 
 from smagent.config_arcion import ArcionAwsProviderConfig
 from smagent.providers.aws import AwsProvider
+
+
+# A refused AssumeRole is logged by the SDK as a warning with a traceback, on stdlib logging
+# (no handler: printed raw to stderr). The same failure reaches the reference that needed the
+# credentials, translated, with STS's own words: the SDK's copy is noise.
+for _name in ("aiobotocore.credentials", "botocore.credentials"):
+    logging.getLogger(_name).addHandler(logging.NullHandler())
+    logging.getLogger(_name).propagate = False
 
 
 class ArcionAwsProvider(AwsProvider):

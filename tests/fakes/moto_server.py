@@ -166,6 +166,8 @@ class MotoFake(ThreadedMotoServer):
                 )
             if operation in knobs.fail:
                 status, code = knobs.fail[operation]
+                if not target:  # a query-protocol service (STS) answers errors in XML
+                    return _xml_error(start_response, status, code, f"injected {code}")
                 return _error(start_response, status, code, f"injected {code}")
             return app(environ, start_response)
 
@@ -209,6 +211,17 @@ def _read_body(environ: Environ) -> bytes:
 def _error(start_response: StartResponse, status: int, code: str, message: str) -> list[bytes]:
     body = json.dumps({"__type": code, "message": message}).encode()
     return _answer(start_response, status, body, {"x-amzn-ErrorType": code})
+
+
+def _xml_error(start_response: StartResponse, status: int, code: str, message: str) -> list[bytes]:
+    body = (
+        f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+        f"<Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+    ).encode()
+    start_response(
+        f"{status} Error", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
 
 
 def _answer(
