@@ -33,7 +33,6 @@ from botocore.config import Config as BotoConfig
 from smagent.config_arcion import ArcionAwsProviderConfig
 from smagent.providers.aws import AwsProvider
 
-
 # A refused AssumeRole is logged by the SDK as a warning with a traceback, on stdlib logging
 # (no handler: printed raw to stderr). The same failure reaches the reference that needed the
 # credentials, translated, with STS's own words: the SDK's copy is noise.
