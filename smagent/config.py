@@ -507,6 +507,9 @@ class _Builder:
         self.arcion: dict[str, tuple[ArcionProviderConfig, str | None]] = {}
         """Arcion providers (expanded in `arcion_providers`) and the type the flags ask for."""
         self.arcion_files: list[tuple[str, str]] = []
+        self.default_chain: str | None = None
+        """`--use-sm-provider AWS` with no file: this provider reads any undeclared namespace."""
+        self.extra_providers: dict[str, ProviderConfig] = {}
         self.path = path
         self.folder = path.parent
         self.raw = raw
@@ -523,6 +526,12 @@ class _Builder:
         providers = self.providers()
         namespaces, refresh = self.namespaces(providers)
         groups = self.arcion_providers(providers, namespaces)
+        providers.update(self.extra_providers)
+        resolved: Mapping[str, Namespace] = namespaces
+        if self.default_chain is not None:
+            from smagent.config_arcion import DefaultChainNamespaces
+
+            resolved = DefaultChainNamespaces(namespaces, self.default_chain)
         defaults = self.defaults()
         templates = self.templates(defaults, providers)
         if self.issues:
@@ -530,7 +539,7 @@ class _Builder:
         assert defaults is not None
         for role, path in _secret_files(providers):
             _warn_if_file_exposed(Path(path), role)
-        return Config(self.path, providers, namespaces, refresh, defaults, templates, groups)
+        return Config(self.path, providers, resolved, refresh, defaults, templates, groups)
 
     # -- sections --
 
@@ -592,15 +601,28 @@ class _Builder:
                     )
                 )
             return
+        name = SECRET_MANAGER_FLAG
         if flags.secret_manager is None:
-            self.issues.append(
-                ConfigIssue(
-                    "--use-sm-provider",
-                    "",
-                    f"{kind} needs --secret-manager FILE (the file that names the namespaces); "
-                    "Replicant's default-credential mode without a file is not supported",
+            if kind != "AWS":
+                self.issues.append(
+                    ConfigIssue(
+                        "--use-sm-provider",
+                        "",
+                        f"{kind or 'a secret manager'} needs --secret-manager FILE "
+                        "(only AWS has a file-less mode: the default credential chain)",
+                    )
                 )
-            )
+                return
+            if name in providers:
+                self.issue(
+                    f"providers.{name}",
+                    "this name is taken by --use-sm-provider; rename the provider",
+                )
+                return
+            from smagent.config_arcion import ArcionAwsProviderConfig
+
+            self.default_chain = name
+            self.extra_providers[name] = ArcionAwsProviderConfig(origin="--use-sm-provider AWS")
             return
         name = SECRET_MANAGER_FLAG
         if name in providers or name in self.arcion:

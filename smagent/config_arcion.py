@@ -38,7 +38,7 @@ fields in smagent's own config, where every credential is named by a file.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -270,3 +270,33 @@ def _azure(
         origin=origin,
         **limits,
     )
+
+
+class DefaultChainNamespaces(Mapping[str, Namespace]):
+    """`--use-sm-provider AWS` without a file, as Replicant: any namespace not declared is the
+    AWS secret of that name, read through `provider` (the default credential chain).
+
+    Iteration and len() see the declared namespaces only (what `check` lists); a name that is
+    not declared is looked up as a secret, so a typo is the store's NotFound naming it.
+    """
+
+    def __init__(self, declared: Mapping[str, Namespace], provider: str) -> None:
+        self._declared = dict(declared)
+        self.provider = provider
+
+    def __getitem__(self, name: str) -> Namespace:
+        found = self._declared.get(name)
+        if found is not None:
+            return found
+        if not isinstance(name, str) or not name:
+            raise KeyError(name)
+        return Namespace(name, self.provider, secret=name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._declared)
+
+    def __len__(self) -> int:
+        return len(self._declared)
+
+    def __repr__(self) -> str:
+        return f"DefaultChainNamespaces({self._declared!r}, provider={self.provider!r})"

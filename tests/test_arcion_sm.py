@@ -308,6 +308,30 @@ def test_replicant_flags_end_to_end(tmp_path: Path, moto: MotoFake) -> None:
     assert 3 == signed_by(moto, KEY_A, "BatchGetSecretValue")
 
 
+def test_use_sm_provider_aws_without_a_file(tmp_path: Path, moto: MotoFake) -> None:
+    """`--use-sm-provider AWS` alone, as Replicant: each token's NS is the secret of that name,
+    read with the default chain; a namespace that is no secret fails naming it (exit 1)."""
+    seed(moto, mysql_src=MYSQL)
+    config = smagent_config(tmp_path)
+    other_template(config)
+
+    result = render_once(config, "--use-sm-provider", "AWS", env=aws_env(moto))
+
+    assert 1 == result.returncode
+    assert rendered_mysql() == (tmp_path / "out" / "mysql.yaml").read_text()
+    (failed,) = {e["reference"] for e in result.logs() if e["event"] == "reference.failed"}
+    assert "arcion-sm:other key password" == failed
+    assert 1 == signed_by(moto, ENV_KEY, "BatchGetSecretValue")  # both secrets, one call
+
+
+def test_use_sm_provider_azure_needs_a_file(tmp_path: Path) -> None:
+    """`--use-sm-provider AZURE` without a file: exit 2, saying what to add."""
+    result = run_cli("--config", smagent_config(tmp_path), "check", "--use-sm-provider", "AZURE")
+
+    assert 2 == result.returncode
+    assert "error: --use-sm-provider: AZURE needs --secret-manager FILE" in result.stderr
+
+
 def test_use_sm_provider_none(tmp_path: Path, moto: MotoFake) -> None:
     """NONE: no secret manager, so a token fails clearly (exit 1, the namespace named);
     NONE with a --secret-manager file is a usage error (exit 2)."""
