@@ -642,6 +642,8 @@ class _Builder:
         A namespace of an Arcion file that the config (or another Arcion file) also
         declares is an error naming both: which one a template meant cannot be guessed.
         """
+        if not self.arcion:
+            return {}
         from smagent import config_arcion
 
         groups: dict[str, tuple[str, ...]] = {}
