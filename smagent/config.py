@@ -661,9 +661,10 @@ class _Builder:
             sub = _Builder(path, raw)
             limits = {"rate_limit": arcion.rate_limit, "max_concurrency": arcion.max_concurrency}
             found = config_arcion.expand(sub, name, path, raw, limits, flag_type)
-            self.issues.extend(
-                ConfigIssue(i.file, i.key.lstrip("."), i.problem) for i in sub.issues
-            )
+            for issue in sub.issues:
+                key = issue.key.lstrip(".")
+                problem = config_arcion.without_credentials(issue.problem, key)
+                self.issues.append(ConfigIssue(issue.file, key, problem))
             warn_if_exposed(
                 path, info, "Arcion secret-manager file", holds_secrets=found.holds_credentials
             )

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 TYPES = ("AWS", "AZURE")
 AWS_FIELDS = ("region", "role-arn", "session-name", "access-key", "secret-key")
 AZURE_FIELDS = ("tenant-id", "client-id", "client-secret")
+CREDENTIAL_KEYS = ("access-key", "secret-key", "client-secret")
+"""Inline credentials: an error about one never shows its value."""
 DEFAULT_SESSION_NAME = "smagent"
 _VAULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{1,22}[A-Za-z0-9]")
 """Azure's rule for a key vault's name: 3-24 letters, digits and dashes."""
@@ -96,7 +98,7 @@ class ArcionNamespace(_Kebab, frozen=True, kw_only=True):
     region: Text | None = None
     role_arn: Text | None = None
     session_name: Text | None = None
-    access_key: Text | None = None
+    access_key: str | None = None
     secret_key: str | None = None
     tenant_id: Text | None = None
     client_id: Text | None = None
@@ -220,9 +222,10 @@ def _aws(
         missing = "secret-key" if ns.secret_key is None else "access-key"
         builder.issue(f"{where}.{missing}", "access-key and secret-key go together")
         return None
-    if ns.secret_key is not None and not ns.secret_key.strip():
-        builder.issue(f"{where}.secret-key", "expected the IAM user's secret access key")
-        return None
+    for key, value in (("access-key", ns.access_key), ("secret-key", ns.secret_key)):
+        if value is not None and (not value.strip() or not value.isprintable()):
+            builder.issue(f"{where}.{key}", "expected the IAM user's key, on one line")
+            return None
     if ns.session_name is not None and ns.role_arn is None:
         builder.issue(f"{where}.session-name", "only used with role-arn")
         return None
@@ -258,8 +261,10 @@ def _azure(
             if f not in given:
                 builder.issue(f"{where}.{f}", f"required with {', '.join(given)}")
         return None
-    if ns.client_secret is not None and not ns.client_secret.strip():
-        builder.issue(f"{where}.client-secret", "expected the app registration's client secret")
+    if ns.client_secret is not None and (
+        not ns.client_secret.strip() or not ns.client_secret.isprintable()
+    ):
+        builder.issue(f"{where}.client-secret", "expected the app's client secret, on one line")
         return None
     return ArcionAzureProviderConfig(
         vault_url=f"https://{vault.lower()}.vault.azure.net",
@@ -270,6 +275,13 @@ def _azure(
         origin=origin,
         **limits,
     )
+
+
+def without_credentials(problem: str, key: str) -> str:
+    """`problem` with the value it quotes dropped, when `key` holds an inline credential."""
+    if key.rsplit(".", 1)[-1] not in CREDENTIAL_KEYS or ", got " not in problem:
+        return problem
+    return problem.split(", got ", 1)[0] + " (the value is not shown: it is a credential)"
 
 
 class DefaultChainNamespaces(Mapping[str, Namespace]):

@@ -33,6 +33,7 @@ SECRET_A = leaks.plant("arcion-secret-key-A-Qz7w", "ARCION_SECRET_KEY_A")
 KEY_B = leaks.plant("AKIAARCIONCANARYB2", "ARCION_ACCESS_KEY_B")
 SECRET_B = leaks.plant("arcion-secret-key-B-Lm3e", "ARCION_SECRET_KEY_B")
 CLIENT_SECRET = leaks.plant("arcion-client-secret-Vv9p", "ARCION_CLIENT_SECRET")
+NUMERIC_SECRET = leaks.plant("98765432101234", "ARCION_NUMERIC_SECRET_KEY")
 ENV_KEY = "env-chain-key-id"
 ROLE = "arn:aws:iam::123456789012:role/replicant"
 
@@ -407,6 +408,18 @@ def config_issues(config: Path) -> list[str]:
             "{sm}: namespaces.db.secret-key: access-key and secret-key go together",
         ),
         (
+            {
+                "type": "AWS",
+                "namespaces": {"db": {"access-key": KEY_A, "secret-key": 98765432101234}},
+            },
+            "{sm}: namespaces.db.secret-key: expected a string or null (the value is not shown: "
+            "it is a credential)",
+        ),
+        (
+            {"type": "AWS", "namespaces": {"db": {"access-key": f"{KEY_A}\n", "secret-key": "x"}}},
+            "{sm}: namespaces.db.access-key: expected the IAM user's key, on one line",
+        ),
+        (
             {"type": "AWS", "namespaces": {"db": {"session-name": "s"}}},
             "{sm}: namespaces.db.session-name: only used with role-arn",
         ),
@@ -439,7 +452,9 @@ def test_file_errors_name_the_file_and_key(
     sm = arcion_file(tmp_path, data)
     config = smagent_config(tmp_path, {"arc": {"type": "arcion", "path": sm.name}})
 
-    assert expected.format(sm=sm) in config_issues(config)
+    issues = config_issues(config)
+    assert expected.format(sm=sm) in issues
+    assert_no_leak("\n".join(issues), "config errors")
 
 
 def test_cli_file_error_exits_2(tmp_path: Path) -> None:
