@@ -71,10 +71,6 @@ _STORES: dict[str, _Store] = {
         "Azure SDK",
     ),
 }
-_UNAVAILABLE = {
-    "arcion-azure": "the Azure namespaces of an Arcion secret-manager file need the azure "
-    "provider, which is not available in this version yet",
-}
 
 
 def create_provider(name: str, config: ProviderConfig) -> Provider:
@@ -82,8 +78,6 @@ def create_provider(name: str, config: ProviderConfig) -> Provider:
     kind = type(config).__struct_config__.tag
     assert isinstance(kind, str)
     store = _STORES[kind]
-    if kind in _UNAVAILABLE and not _installed(store.module):
-        raise ProviderSetupError(name, _UNAVAILABLE[kind])
     for module in store.sdk:
         if not _installed(module):
             raise ProviderSetupError(
