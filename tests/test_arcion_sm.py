@@ -543,9 +543,9 @@ def test_inline_credentials_readable_by_others_warned(tmp_path: Path) -> None:
     assert [] == exposed(without)
 
 
-def test_repr_and_errors_hold_no_inline_credential(tmp_path: Path) -> None:
-    """The derived provider configs and providers print `<redacted>` for inline keys and
-    client secrets; a setup error says nothing of them either."""
+def test_repr_holds_no_inline_credential(tmp_path: Path) -> None:
+    """The derived provider configs and providers (aws and azure) print `<redacted>` or
+    nothing for inline keys and client secrets."""
     data = {
         "type": "AWS",
         "namespaces": {
