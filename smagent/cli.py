@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from smagent import __version__
-from smagent.config import Config, ConfigError, TemplateSpec, find_config_path, load_config
+from smagent.config import (
+    Config,
+    ConfigError,
+    SecretManagerFlags,
+    TemplateSpec,
+    find_config_path,
+    load_config,
+)
 from smagent.logging import REDACTOR, configure
 
 if TYPE_CHECKING:
@@ -71,7 +78,10 @@ def _out(line: str = "", *, scrub: bool = True) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(find_config_path(args.config))
+    flags = SecretManagerFlags(
+        getattr(args, "use_sm_provider", None), getattr(args, "secret_manager", None)
+    )
+    return load_config(find_config_path(args.config), flags)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -255,7 +265,8 @@ async def _get(providers: dict[str, Provider], config: Config, lookup: Lookup, r
 
 def cmd_test_connection(args: argparse.Namespace) -> int:
     config = _load(args)
-    names = list(dict.fromkeys(args.providers or config.providers))
+    asked = [n for name in args.providers or () for n in config.groups.get(name, (name,))]
+    names = list(dict.fromkeys(asked or config.providers))
     unknown = [n for n in names if n not in config.providers]
     if unknown:
         known = ", ".join(config.providers) or "none configured"
@@ -334,12 +345,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="only this template (its name, source or destination); repeatable",
     )
+    _secret_manager_options(render)
     render.set_defaults(handler=cmd_render)
 
     check = commands.add_parser(
         "check", parents=[common], help="validate the config and templates; list references"
     )
     check.add_argument("--connect", action="store_true", help="also resolve every reference")
+    _secret_manager_options(check)
     check.set_defaults(handler=cmd_check)
 
     get = commands.add_parser("get", parents=[common], help="resolve one reference")
@@ -355,6 +368,21 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("providers", nargs="*", metavar="PROVIDER")
     test.set_defaults(handler=cmd_test_connection)
     return parser
+
+
+def _secret_manager_options(parser: argparse.ArgumentParser) -> None:
+    """Arcion Replicant's own flags, so a Replicant command line carries over unchanged."""
+    parser.add_argument(
+        "--use-sm-provider",
+        type=str.upper,
+        choices=["AWS", "AZURE", "NONE"],
+        help="as Replicant: resolve arcion-sm:// tokens through this secret manager",
+    )
+    parser.add_argument(
+        "--secret-manager",
+        metavar="FILE",
+        help="Replicant's secret-manager file (its namespaces become smagent namespaces)",
+    )
 
 
 def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:

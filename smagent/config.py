@@ -26,6 +26,7 @@ that let others read or change them: a warning, as ssh gives.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 import os
@@ -231,14 +232,34 @@ class EnvProviderConfig(_ProviderBase, tag="env", frozen=True, kw_only=True):
     pass
 
 
+class ArcionProviderConfig(_ProviderBase, tag="arcion", frozen=True, kw_only=True):
+    """Arcion Replicant's secret-manager file: expanded by `config_arcion` into aws/azure
+    providers and namespaces at load time; never itself a provider instance."""
+
+    path: Text
+
+
 ProviderConfig = (
     AwsProviderConfig
     | AzureProviderConfig
     | VaultProviderConfig
     | FileProviderConfig
     | EnvProviderConfig
+    | ArcionProviderConfig
 )
-PROVIDER_TYPES = ("aws", "azure", "vault", "file", "env")
+PROVIDER_TYPES = ("aws", "azure", "vault", "file", "env", "arcion")
+SECRET_MANAGER_FLAG = "arcion-sm"  # noqa: S105 - a provider name
+"""The name of the provider that `--use-sm-provider`/`--secret-manager` add."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretManagerFlags:
+    """Replicant's own flags, as `render` and `check` take them."""
+
+    use_sm_provider: str | None = None
+    """AWS, AZURE or NONE."""
+    secret_manager: str | None = None
+    """The secret-manager file, relative to the current folder."""
 
 
 class NamespaceConfig(_Strict, frozen=True, kw_only=True):
@@ -318,6 +339,8 @@ class Config:
     namespace_refresh: Mapping[str, Duration]
     defaults: Defaults
     templates: tuple[TemplateSpec, ...]
+    groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """An arcion provider's name -> the providers it became (for `test-connection NAME`)."""
 
     @property
     def folder(self) -> Path:
@@ -403,13 +426,16 @@ def find_config_path(explicit: str | None, environ: Mapping[str, str] = os.envir
     return DEFAULT_PATHS[-1]
 
 
-def load_config(path: Path) -> Config:
-    """Read, validate and resolve a config file, or raise ConfigError listing every problem."""
+def load_config(path: Path, flags: SecretManagerFlags | None = None) -> Config:
+    """Read, validate and resolve a config file, or raise ConfigError listing every problem.
+
+    `flags`: Replicant's `--use-sm-provider` / `--secret-manager`, which add an arcion
+    provider named `arcion-sm` (see `config_arcion`)."""
     path = Path(os.path.abspath(path))
     text, info = _read_config(path)
     warn_if_exposed(path, info, "config file", holds_secrets=False)
     raw = _parse_yaml(path, text)
-    return _Builder(path, raw).build()
+    return _Builder(path, raw, flags).build()
 
 
 def _read_config(path: Path) -> tuple[str, os.stat_result]:
@@ -474,7 +500,16 @@ _MSGSPEC_ERROR = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.
 class _Builder:
     """Validates one raw config, collecting issues instead of stopping at the first."""
 
-    def __init__(self, path: Path, raw: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, raw: dict[str, Any], flags: SecretManagerFlags | None = None
+    ) -> None:
+        self.flags = flags
+        self.arcion: dict[str, tuple[ArcionProviderConfig, str | None]] = {}
+        """Arcion providers (expanded in `arcion_providers`) and the type the flags ask for."""
+        self.arcion_files: list[tuple[str, str]] = []
+        self.default_chain: str | None = None
+        """`--use-sm-provider AWS` with no file: this provider reads any undeclared namespace."""
+        self.extra_providers: dict[str, ProviderConfig] = {}
         self.path = path
         self.folder = path.parent
         self.raw = raw
@@ -490,6 +525,13 @@ class _Builder:
                 self.issue(key, f"unknown key (allowed: {', '.join(_TOP_KEYS)})")
         providers = self.providers()
         namespaces, refresh = self.namespaces(providers)
+        groups = self.arcion_providers(providers, namespaces)
+        providers.update(self.extra_providers)
+        resolved: Mapping[str, Namespace] = namespaces
+        if self.default_chain is not None:
+            from smagent.config_arcion import DefaultChainNamespaces
+
+            resolved = DefaultChainNamespaces(namespaces, self.default_chain)
         defaults = self.defaults()
         templates = self.templates(defaults, providers)
         if self.issues:
@@ -497,7 +539,7 @@ class _Builder:
         assert defaults is not None
         for role, path in _secret_files(providers):
             _warn_if_file_exposed(Path(path), role)
-        return Config(self.path, providers, namespaces, refresh, defaults, templates)
+        return Config(self.path, providers, resolved, refresh, defaults, templates, groups)
 
     # -- sections --
 
@@ -534,8 +576,114 @@ class _Builder:
                     f"expected a whole number from 1 to {MAX_CONCURRENCY}",
                 )
             self.check_provider(provider, where)
-            out[name] = self.absolute_paths(provider, where)
+            provider = self.absolute_paths(provider, where)
+            if isinstance(provider, ArcionProviderConfig):
+                self.arcion[name] = (provider, None)
+            else:
+                out[name] = provider
+        self.secret_manager_flags(out)
         return out
+
+    def secret_manager_flags(self, providers: Mapping[str, ProviderConfig]) -> None:
+        """Replicant's flags as one more arcion provider, `arcion-sm` (NONE: none)."""
+        flags = self.flags
+        if flags is None or (flags.use_sm_provider is None and flags.secret_manager is None):
+            return
+        kind = (flags.use_sm_provider or "").upper() or None
+        if kind == "NONE":
+            if flags.secret_manager is not None:
+                self.issues.append(
+                    ConfigIssue(
+                        "--secret-manager",
+                        "",
+                        "--use-sm-provider NONE uses no secret manager; drop --secret-manager "
+                        "or say AWS or AZURE",
+                    )
+                )
+            return
+        name = SECRET_MANAGER_FLAG
+        if flags.secret_manager is None:
+            if kind != "AWS":
+                self.issues.append(
+                    ConfigIssue(
+                        "--use-sm-provider",
+                        "",
+                        f"{kind or 'a secret manager'} needs --secret-manager FILE "
+                        "(only AWS has a file-less mode: the default credential chain)",
+                    )
+                )
+                return
+            if name in providers:
+                self.issue(
+                    f"providers.{name}",
+                    "this name is taken by --use-sm-provider; rename the provider",
+                )
+                return
+            from smagent.config_arcion import ArcionAwsProviderConfig
+
+            self.default_chain = name
+            self.extra_providers[name] = ArcionAwsProviderConfig(origin="--use-sm-provider AWS")
+            return
+        name = SECRET_MANAGER_FLAG
+        if name in providers or name in self.arcion:
+            self.issue(
+                f"providers.{name}",
+                "this name is taken by --use-sm-provider/--secret-manager; rename the provider",
+            )
+            return
+        path = os.path.normpath(os.path.abspath(os.path.expanduser(flags.secret_manager)))
+        self.arcion[name] = (ArcionProviderConfig(path=path), kind)
+
+    def arcion_providers(
+        self, providers: dict[str, ProviderConfig], namespaces: dict[str, Namespace]
+    ) -> dict[str, tuple[str, ...]]:
+        """Expand each arcion provider into aws/azure providers and namespaces (in place).
+
+        A namespace of an Arcion file that the config (or another Arcion file) also
+        declares is an error naming both: which one a template meant cannot be guessed.
+        """
+        if not self.arcion:
+            return {}
+        from smagent import config_arcion
+
+        groups: dict[str, tuple[str, ...]] = {}
+        declared = {ns: f"{self.path}: namespaces.{ns}" for ns in namespaces}
+        for name, (arcion, flag_type) in self.arcion.items():
+            where = f"providers.{name}" if flag_type is None else "--secret-manager"
+            path = Path(arcion.path)
+            self.arcion_files.append((f"the Arcion secret-manager file of {where}", str(path)))
+            try:
+                text, info = _read_config(path)
+                raw = _parse_yaml(path, text)
+            except ConfigError as exc:
+                self.issues.extend(exc.issues)
+                continue
+            sub = _Builder(path, raw)
+            limits = {"rate_limit": arcion.rate_limit, "max_concurrency": arcion.max_concurrency}
+            found = config_arcion.expand(sub, name, path, raw, limits, flag_type)
+            for issue in sub.issues:
+                key = issue.key.lstrip(".")
+                problem = config_arcion.without_credentials(issue.problem, key)
+                self.issues.append(ConfigIssue(issue.file, key, problem))
+            warn_if_exposed(
+                path, info, "Arcion secret-manager file", holds_secrets=found.holds_credentials
+            )
+            for ns_name, namespace in found.namespaces.items():
+                if ns_name in declared:
+                    self.issues.append(
+                        ConfigIssue(
+                            path,
+                            f"namespaces.{ns_name}",
+                            f"namespace {ns_name!r} is also declared in {declared[ns_name]}; "
+                            "rename or remove one of them",
+                        )
+                    )
+                    continue
+                namespaces[ns_name] = namespace
+                declared[ns_name] = f"{path}: namespaces.{ns_name} ({where})"
+            providers.update(found.providers)
+            groups[name] = tuple(found.providers)
+        return groups
 
     def check_provider(self, provider: ProviderConfig, where: str) -> None:
         """What a provider's fields must say together, and URLs a client can use."""
@@ -579,6 +727,13 @@ class _Builder:
                 continue
             if ns.refresh is not None and ns.refresh <= 0:  # the agent would re-fetch non-stop
                 self.issue(f"{where}.refresh", _ZERO_DURATION)
+            if ns.provider in self.arcion:
+                self.issue(
+                    f"{where}.provider",
+                    f"{ns.provider!r} is an arcion provider: its file's namespaces are "
+                    "namespaces already; use them by name",
+                )
+                continue
             if ns.provider not in providers:
                 if ns.provider not in self.declared_providers:
                     known = ", ".join(sorted(map(str, self.declared_providers))) or "none declared"
@@ -648,7 +803,7 @@ class _Builder:
         taken: dict[str, str] = {}
         for spelling in _spellings(self.path):
             taken.setdefault(spelling, "the config file")
-        for role, path in _read_files(providers):
+        for role, path in [*_read_files(providers), *self.arcion_files]:
             for spelling in _spellings(Path(path)):
                 taken.setdefault(spelling, role)
         for where, template in templates:
@@ -955,7 +1110,7 @@ def _allowed_keys(typ: Any, raw: object, subpath: str) -> list[str]:
         return []
     config = struct.__struct_config__
     keys = [config.tag_field] if config.tag_field else []
-    return sorted([*keys, *struct.__struct_fields__])
+    return sorted([*keys, *struct.__struct_encode_fields__])
 
 
 def _struct_for(typ: Any, node: object) -> Any:

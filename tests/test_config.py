@@ -372,13 +372,13 @@ ERRORS = [
     pytest.param(
         "providers: {a: {path: x}}\n",
         "providers.a.type",
-        "required key is missing (aws|azure|vault|file|env)",
+        "required key is missing (aws|azure|vault|file|env|arcion)",
         id="missing-provider-type",
     ),
     pytest.param(
         "providers: {a: {type: s3}}\n",
         "providers.a.type",
-        "expected one of aws, azure, vault, file, env, got 's3'",
+        "expected one of aws, azure, vault, file, env, arcion, got 's3'",
         id="unknown-provider-type",
     ),
     pytest.param(
@@ -955,7 +955,7 @@ ERRORS = [
     pytest.param(
         "providers: {a: {type: [file]}}\n",
         "providers.a.type",
-        "expected one of aws, azure, vault, file, env, got a list",
+        "expected one of aws, azure, vault, file, env, arcion, got a list",
         id="provider-type-list",
     ),
     # -- numbers --

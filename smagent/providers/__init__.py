@@ -60,6 +60,16 @@ _STORES: dict[str, _Store] = {
         "Azure SDK",
     ),
     "vault": _Store("smagent.providers.vault", "VaultProvider", ("aiohttp",), "vault", "aiohttp"),
+    "arcion-aws": _Store(
+        "smagent.providers.arcion_aws", "ArcionAwsProvider", ("aiobotocore",), "aws", "AWS SDK"
+    ),
+    "arcion-azure": _Store(
+        "smagent.providers.arcion_azure",
+        "ArcionAzureProvider",
+        ("azure.keyvault.secrets", "azure.identity", "aiohttp"),
+        "azure",
+        "Azure SDK",
+    ),
 }
 
 

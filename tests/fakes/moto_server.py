@@ -57,6 +57,8 @@ class Seen:
     at: float
     operation: str
     secret_ids: tuple[str, ...]
+    access_key: str = ""
+    """The access key id that signed the request (which credentials, hence which session)."""
 
 
 @dataclass
@@ -139,9 +141,10 @@ class MotoFake(ThreadedMotoServer):
             if environ.get("PATH_INFO", "").startswith("/moto-api"):
                 return app(environ, start_response)
             target = environ.get("HTTP_X_AMZ_TARGET", "")
-            operation = target.rpartition(".")[2]
             body = _read_body(environ)
-            self._record(operation, body)
+            # JSON protocol (Secrets Manager): the target header; query protocol (STS): Action=
+            operation = target.rpartition(".")[2] or _query_action(body)
+            self._record(operation, body, _access_key(environ))
             knobs = self.knobs
             if knobs.latency:
                 time.sleep(knobs.latency)
@@ -163,19 +166,36 @@ class MotoFake(ThreadedMotoServer):
                 )
             if operation in knobs.fail:
                 status, code = knobs.fail[operation]
+                if not target:  # a query-protocol service (STS) answers errors in XML
+                    return _xml_error(start_response, status, code, f"injected {code}")
                 return _error(start_response, status, code, f"injected {code}")
             return app(environ, start_response)
 
         return middleware
 
-    def _record(self, operation: str, body: bytes) -> None:
+    def _record(self, operation: str, body: bytes, access_key: str = "") -> None:
         try:
             asked = json.loads(body or b"{}")
         except ValueError:
             asked = {}
+        if not isinstance(asked, dict):
+            asked = {}
         ids = asked.get("SecretIdList") or ([asked["SecretId"]] if "SecretId" in asked else [])
         with self._lock:
-            self.requests.append(Seen(time.time(), operation, tuple(ids)))
+            self.requests.append(Seen(time.time(), operation, tuple(ids), access_key))
+
+
+def _query_action(body: bytes) -> str:
+    from urllib.parse import parse_qs
+
+    return parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+
+
+def _access_key(environ: Environ) -> str:
+    """`Credential=AKID/date/region/service/aws4_request` of a SigV4 Authorization header."""
+    header = str(environ.get("HTTP_AUTHORIZATION", ""))
+    _, found, rest = header.partition("Credential=")
+    return rest.partition("/")[0] if found else ""
 
 
 def _read_body(environ: Environ) -> bytes:
@@ -191,6 +211,17 @@ def _read_body(environ: Environ) -> bytes:
 def _error(start_response: StartResponse, status: int, code: str, message: str) -> list[bytes]:
     body = json.dumps({"__type": code, "message": message}).encode()
     return _answer(start_response, status, body, {"x-amzn-ErrorType": code})
+
+
+def _xml_error(start_response: StartResponse, status: int, code: str, message: str) -> list[bytes]:
+    body = (
+        f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+        f"<Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+    ).encode()
+    start_response(
+        f"{status} Error", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
 
 
 def _answer(
