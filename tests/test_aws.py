@@ -24,7 +24,7 @@ import yaml
 
 from smagent.config import AwsProviderConfig
 from smagent.providers import ProviderSetupError, enter_providers
-from smagent.providers.aws import BATCH_MAX, ERROR_CODES, AwsProvider
+from smagent.providers.aws import BATCH_MAX, ERROR_CODES, AwsProvider, _translate
 from smagent.providers.base import (
     AccessDenied,
     NotFound,
@@ -376,6 +376,16 @@ async def test_malformed_answer_is_provider_bug(aws: AwsProvider, moto: MotoFake
     assert isinstance(error, ProviderBug), error
     assert "is not Secrets Manager's" in error.detail
     assert 2 == moto.count()  # the batch, then the one read it could not place
+
+
+def test_an_answer_botocore_cannot_parse_is_a_provider_bug() -> None:
+    """botocore.parsers' ResponseParserError (no BotoCoreError) is a ProviderBug, text unshown."""
+    from botocore.parsers import ResponseParserError
+
+    error = _translate(ResponseParserError(f"bad body {CANARY}"), ref("db"), "http://x")
+
+    assert isinstance(error, ProviderBug)
+    assert CANARY not in error.detail
 
 
 async def test_server_down_is_unavailable(moto: MotoFake) -> None:

@@ -71,6 +71,7 @@ from urllib.parse import urlsplit
 import botocore.exceptions as bce
 from aiobotocore.session import AioSession
 from botocore.config import Config as BotoConfig
+from botocore.parsers import ResponseParserError
 
 from smagent.config import AwsProviderConfig
 from smagent.logging import get_logger
@@ -179,7 +180,7 @@ def _translate(exc: Exception, ref: SecretRef | None, endpoint: str) -> Provider
         return Unavailable(ref, f"cannot reach {endpoint}: {_cut(str(exc))}")
     if isinstance(exc, bce.ParamValidationError):
         return NotFound(ref, f"not a valid AWS request: {_cut(str(exc.kwargs.get('report', '')))}")
-    if isinstance(exc, bce.ResponseParserError):
+    if isinstance(exc, ResponseParserError):  # botocore.parsers': not a BotoCoreError
         return ProviderBug(ref, f"{endpoint} gave an answer that is not Secrets Manager's")
     return ProviderBug(ref, f"unexpected error from aiobotocore ({type(exc).__name__})")
 
@@ -430,7 +431,7 @@ class AwsProvider(BaseProvider):
                 if operation == "batch_get_secret_value" and code == "AccessDeniedException":
                     raise _BatchDenied(_cut(str(exc.response["Error"].get("Message")))) from None
                 raise _translate(exc, ref, self.endpoint) from None
-            except (bce.BotoCoreError, OSError) as exc:
+            except (bce.BotoCoreError, ResponseParserError, OSError) as exc:
                 raise _translate(exc, ref, self.endpoint) from None
 
         # the operation only: a secret's name may be computed from a value
