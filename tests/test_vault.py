@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -240,6 +241,23 @@ async def test_missing_token_file_is_a_clear_error(fake: VaultFake, tmp_path: Pa
         found = await vault.fetch([ref("kv/app")])
     assert isinstance(found[ref("kv/app")], AccessDenied)
     assert f"auth.token_file {tmp_path / 'missing'}: cannot read it" in str(found[ref("kv/app")])
+
+
+async def test_fifo_as_token_file_is_refused_without_blocking(
+    fake: VaultFake, tmp_path: Path
+) -> None:
+    """A FIFO at token_file is refused at once (the read is on the event loop), naming it."""
+    pipe = tmp_path / "token"
+    os.mkfifo(pipe)
+    auth = cfg.VaultTokenAuth(token_file=str(pipe))
+    started = time.monotonic()
+    async with provider(fake, auth) as vault:
+        found = await asyncio.wait_for(vault.fetch([ref("kv/app")]), 5)
+    assert 2 > time.monotonic() - started
+    assert isinstance(found[ref("kv/app")], AccessDenied)
+    assert f"auth.token_file {pipe}: cannot read it (not a regular file)" in str(
+        found[ref("kv/app")]
+    )
 
 
 async def test_namespace_header_sent(tmp_path: Path, token_file: Path) -> None:

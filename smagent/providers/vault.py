@@ -58,7 +58,6 @@ import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -81,6 +80,7 @@ from smagent.providers.base import (
     Unchanged,
 )
 from smagent.references import SecretRef
+from smagent.regular_file import NotRegularFile, read_regular
 
 log = get_logger()
 
@@ -684,12 +684,28 @@ def _json_text(data: Any, ref: SecretRef) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
+MAX_CREDENTIAL_FILE_BYTES = 64 * 1024
+"""A token, role_id or secret_id is a line; a bigger file is not one of those."""
+
+
 def _read_file(path: str | None, where: str) -> str:
+    """A credential file's one line, through the non-blocking regular-file read: it is read on
+    the event loop at login, so a FIFO or a device there must be refused, never waited on."""
     assert path is not None
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        data, _ = read_regular(path, MAX_CREDENTIAL_FILE_BYTES + 1)
+        if len(data) > MAX_CREDENTIAL_FILE_BYTES:
+            raise ValueError("larger than 64 KiB")
+        text = data.decode("utf-8").strip()
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, NotRegularFile):
+            reason = "not a regular file"
+        elif isinstance(exc, OSError):
+            reason = exc.strerror or type(exc).__name__
+        elif isinstance(exc, UnicodeDecodeError):
+            reason = "not UTF-8 text"
+        else:
+            reason = str(exc)
         raise AccessDenied(None, f"vault: {where} {path}: cannot read it ({reason})") from None
     if not text:
         raise AccessDenied(None, f"vault: {where} {path}: the file is empty")
