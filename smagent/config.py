@@ -283,6 +283,11 @@ class Defaults(_Strict, frozen=True, kw_only=True):
     """How long one pass waits for all its secrets before naming the late ones failed."""
 
 
+class MetricsConfig(_Strict, frozen=True, kw_only=True):
+    textfile: Text | None = None
+    """A Prometheus textfile-collector file the agent rewrites (atomically) after each pass."""
+
+
 class SignalPidfileAction(_Strict, frozen=True, kw_only=True):
     signal: SignalName
     pidfile: Text
@@ -341,6 +346,9 @@ class Config:
     templates: tuple[TemplateSpec, ...]
     groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     """An arcion provider's name -> the providers it became (for `test-connection NAME`)."""
+    state_dir: Path | None = None
+    """`state_dir` as configured (absolute); None: chosen at run time (see state.py)."""
+    metrics_textfile: Path | None = None
 
     @property
     def folder(self) -> Path:
@@ -480,7 +488,7 @@ def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
     return data
 
 
-_TOP_KEYS = ("providers", "namespaces", "defaults", "templates")
+_TOP_KEYS = ("providers", "namespaces", "defaults", "templates", "state_dir", "metrics")
 _ZERO_DURATION = "expected a duration above 0"
 _MAX_VERSION = 2**63 - 1
 _MAX_RETRIES = 32
@@ -534,12 +542,23 @@ class _Builder:
             resolved = DefaultChainNamespaces(namespaces, self.default_chain)
         defaults = self.defaults()
         templates = self.templates(defaults, providers)
+        state_dir, metrics_textfile = self.agent_paths()
         if self.issues:
             raise ConfigError(self.issues)
         assert defaults is not None
         for role, path in _secret_files(providers):
             _warn_if_file_exposed(Path(path), role)
-        return Config(self.path, providers, resolved, refresh, defaults, templates, groups)
+        return Config(
+            self.path,
+            providers,
+            resolved,
+            refresh,
+            defaults,
+            templates,
+            groups,
+            state_dir,
+            metrics_textfile,
+        )
 
     # -- sections --
 
@@ -747,6 +766,22 @@ class _Builder:
             if ns.refresh is not None:
                 refresh[name] = ns.refresh
         return out, refresh
+
+    def agent_paths(self) -> tuple[Path | None, Path | None]:
+        """`state_dir` and `metrics.textfile`, absolute (relative ones: the config folder)."""
+        state_dir: Path | None = None
+        raw_state = self.raw.get("state_dir")
+        if raw_state is not None:
+            text = self.convert(raw_state, Text, "state_dir")
+            if text is not None:
+                state_dir = self.absolute(text, "state_dir")
+        textfile: Path | None = None
+        metrics: MetricsConfig | None = self.convert(
+            self.raw.get("metrics"), MetricsConfig, "metrics"
+        )
+        if metrics is not None and metrics.textfile is not None:
+            textfile = self.absolute(metrics.textfile, "metrics.textfile")
+        return state_dir, textfile
 
     def defaults(self) -> Defaults | None:
         defaults: Defaults | None = self.convert(self.raw.get("defaults"), Defaults, "defaults")
