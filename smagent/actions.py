@@ -156,7 +156,7 @@ async def _run_command(argv: list[str], limit: float) -> str:
     while it runs the file can be emptied whenever it passes OUTPUT_TRIM_AT
     (its last OUTPUT_WINDOW bytes kept in memory): a command that prints
     without end fills neither the disk nor our memory. Past the limit the
-    whole process group is killed.
+    whole process group is killed, as it is when the wait is cancelled.
     """
     with tempfile.TemporaryFile() as output:
         fd = output.fileno()
@@ -190,6 +190,8 @@ async def _run_command(argv: list[str], limit: float) -> str:
                 if not exited.done():
                     earlier = await asyncio.to_thread(_trim, fd, earlier)
         finally:
+            if process.returncode is None:  # cancelled (the agent stops): no orphan left behind
+                _kill_group(process.pid)
             exited.cancel()
         if process.returncode == 0:
             return "exited 0"

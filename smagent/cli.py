@@ -85,13 +85,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    if not args.once and not args.dry_run:
-        raise UsageError(
-            "the long-running agent (render without --once) is not available in this version "
-            "yet; run `smagent render --once`"
-        )
     config = _load(args)
     templates = _select(config, args.template or [])
+    if not args.once and not args.dry_run:
+        raise UsageError("the long-running agent is not wired in yet")
     result = asyncio.run(_with_providers(config, _render, config, templates, args.dry_run))
     if args.dry_run:
         _print_dry_run(result)
@@ -118,9 +115,23 @@ def _select(config: Config, names: list[str]) -> tuple[TemplateSpec, ...]:
 async def _render(
     providers: dict[str, Provider], config: Config, templates: Any, dry_run: bool
 ) -> PassResult:
+    """One pass; then every action owed, once each: this pass's, and those a process that
+    died before running them left in the state folder (claimed before the pass)."""
+    from smagent.pending import Journal, Ledger
     from smagent.pipeline import Pipeline
 
-    return await Pipeline(config, providers).run(templates, dry_run=dry_run)
+    if dry_run:
+        return await Pipeline(config, providers).run(templates, dry_run=True)
+    journal = await Journal.open(config)
+    orphans = await journal.orphans()
+    ledger = Ledger()
+    try:
+        await ledger.adopt(orphans, config)
+        return await Pipeline(config, providers).run(templates, journal=journal, ledger=ledger)
+    finally:
+        ledger.release()
+        for record in orphans:
+            record.release()
 
 
 def _print_dry_run(result: PassResult) -> None:

@@ -60,6 +60,15 @@ class _Bucket:
             same = self.by_length[len(value)] = set()
         same.add(value)
 
+    def discard(self, value: str) -> None:
+        same = self.by_length.get(len(value))
+        if same is None:
+            return
+        same.discard(value)
+        if not same:
+            del self.by_length[len(value)]
+            self.lengths.remove(len(value))
+
     def match(self, text: str, start: int) -> str | None:
         """The longest known value at `text[start:]`."""
         for length in reversed(self.lengths):
@@ -79,23 +88,50 @@ class Redactor:
     def __init__(self, min_length: int = 4) -> None:
         self.min_length = min_length
         self._index: dict[str, _Bucket] = {}
-        self._count = 0
+        self._holders: dict[str, int] = {}
+        """Each registered text -> how many registered values hold it (see `retire`)."""
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._holders)
 
     def add(self, value: str | bytes) -> None:
-        """Register a fetched value (never raises: it runs on every fetch)."""
-        for text in _forms(value):
+        """Register a fetched value (never raises: it runs on every fetch).
+
+        Registrations are counted: a value added twice (two secrets that hold
+        one password, or a value fetched again) stays known until retired twice.
+        """
+        for text in set(_forms(value)):
             if len(text) < self.min_length:
+                continue
+            holders = self._holders.get(text, 0)
+            self._holders[text] = holders + 1
+            if holders:
                 continue
             prefix = text[: self.min_length]
             bucket = self._index.get(prefix)
             if bucket is None:
                 bucket = self._index[prefix] = _Bucket()
-            if text not in bucket.by_length.get(len(text), ()):
-                bucket.add(text)
-                self._count += 1
+            bucket.add(text)
+
+    def retire(self, value: str | bytes) -> None:
+        """Undo one `add` of `value`: the long-running agent's cache calls it when a value
+        has rotated out, so the set of known values does not grow for months and scrubbing
+        stops masking text that is no longer a secret. A text still held by another
+        registered value stays known."""
+        for text in set(_forms(value)):
+            holders = self._holders.get(text)
+            if holders is None:
+                continue
+            if holders > 1:
+                self._holders[text] = holders - 1
+                continue
+            del self._holders[text]
+            prefix = text[: self.min_length]
+            bucket = self._index.get(prefix)
+            if bucket is not None:
+                bucket.discard(text)
+                if not bucket.lengths:
+                    del self._index[prefix]
 
     def scrub(self, text: str) -> str:
         """`text` with known values masked (see the module docstring for the two masks)."""

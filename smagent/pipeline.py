@@ -20,16 +20,21 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smagent import writer
-from smagent.actions import ActionResult, run_actions
-from smagent.config import Config, TemplateSpec
+from smagent.actions import ActionResult, coalesce
+from smagent.config import Action, Config, TemplateSpec
 from smagent.logging import get_logger
 from smagent.providers.base import Provider
 from smagent.references import Lookup, SecretRef
 from smagent.regular_file import read_regular
 from smagent.render import Problem, Renderer, RenderOutcome
 from smagent.resolver import Resolver
+from smagent.tasks import finish_even_if_cancelled
+
+if TYPE_CHECKING:
+    from smagent.pending import Journal, Ledger, Record
 
 log = get_logger()
 
@@ -54,6 +59,10 @@ class TemplateResult:
     problems: tuple[Problem, ...] = ()
     changed_lines: tuple[int, ...] = ()
     """For --dry-run: the line numbers of the new file that differ (never their text)."""
+    files: frozenset[Path] = frozenset()
+    """What the render read: the source and its includes (for the agent's watcher)."""
+    write_failed: bool = False
+    """Failed at the write (folder, owner, disk), not for want of a value: worth retrying."""
 
 
 @dataclass(slots=True)
@@ -61,6 +70,12 @@ class PassResult:
     templates: list[TemplateResult] = field(default_factory=list)
     actions: list[ActionResult] = field(default_factory=list)
     fetched: int = 0
+    due: list[Action] = field(default_factory=list)
+    """The distinct actions the written files owe, in the order first named."""
+    record: Record | None = None
+    """Where `due` is kept on disk until it has run (None: no journal, or nothing owed)."""
+    canonical_of: dict[SecretRef, SecretRef] = field(default_factory=dict)
+    """Each ref a template wrote -> its provider's one spelling (the resolver's)."""
 
     @property
     def ok(self) -> bool:
@@ -70,10 +85,15 @@ class PassResult:
 
 
 class Pipeline:
-    def __init__(self, config: Config, providers: Mapping[str, Provider]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        providers: Mapping[str, Provider],
+        renderer: Renderer | None = None,
+    ) -> None:
         self.config = config
         self.providers = providers
-        self.renderer = Renderer(config)
+        self.renderer = Renderer(config) if renderer is None else renderer
         self._warned_folders: set[Path] = set()
 
     def _prepare_folders(self, templates: Sequence[TemplateSpec], dry_run: bool) -> None:
@@ -111,19 +131,40 @@ class Pipeline:
                 log.info("tempfile.in_use", path=str(path), template=template_name)
 
     async def run(
-        self, templates: Sequence[TemplateSpec] | None = None, *, dry_run: bool = False
+        self,
+        templates: Sequence[TemplateSpec] | None = None,
+        *,
+        dry_run: bool = False,
+        resolver: Resolver | None = None,
+        journal: Journal | None = None,
+        ledger: Ledger | None = None,
     ) -> PassResult:
+        """One pass over `templates` (default: all).
+
+        `resolver`: where values come from (default: the stores, fresh; the agent
+        passes its cache's view). `journal`: where the actions owed are recorded
+        before the first file is replaced. `ledger`: the actions owed across passes
+        (the agent's, or `render --once`'s with what a dead process left); the pass
+        adds what its files owe and runs everything owed that is due, so each
+        distinct action runs once. Once writing has begun, the writes and that run
+        of the actions finish even if the pass is cancelled: a file replaced must
+        get its action.
+        """
         started = time.monotonic()
         chosen = list(self.config.templates if templates is None else templates)
         await asyncio.to_thread(self._prepare_folders, chosen, dry_run)
-        resolver = Resolver(self.providers, float(self.config.defaults.fetch_timeout))
+        if resolver is None:
+            resolver = Resolver(self.providers, float(self.config.defaults.fetch_timeout))
         outcomes = await self.render_all(chosen, resolver)
-        result = PassResult(fetched=resolver.requests)
-        for template, outcome in zip(chosen, outcomes, strict=True):
-            result.templates.append(await self._finish(template, outcome, dry_run))
-        if not dry_run:
-            changed = [t for t in result.templates if t.status is Status.WRITTEN]
-            result.actions = await run_actions(a for t in changed for a in t.template.on_change)
+        if dry_run:
+            result = PassResult(fetched=resolver.requests)
+            for template, outcome in zip(chosen, outcomes, strict=True):
+                result.templates.append(await self._finish(template, outcome, dry_run=True))
+        else:
+            result = await finish_even_if_cancelled(
+                self._write_all(chosen, outcomes, resolver.requests, journal, ledger)
+            )
+        result.canonical_of = dict(resolver.canonical_of)
         counts = {s.name.lower(): sum(t.status is s for t in result.templates) for s in Status}
         log.info(
             "pass.finished",
@@ -132,6 +173,54 @@ class Pipeline:
             ms=round((time.monotonic() - started) * 1000, 1),
         )
         return result
+
+    async def _write_all(
+        self,
+        chosen: list[TemplateSpec],
+        outcomes: list[RenderOutcome],
+        fetched: int,
+        journal: Journal | None,
+        ledger: Ledger | None,
+    ) -> PassResult:
+        result = PassResult(fetched=fetched)
+        if journal is not None:
+            result.record = await self._record_owed(chosen, outcomes, journal)
+        for template, outcome in zip(chosen, outcomes, strict=True):
+            result.templates.append(await self._finish(template, outcome, dry_run=False))
+        changed = [t for t in result.templates if t.status is Status.WRITTEN]
+        result.due = coalesce(a for t in changed for a in t.template.on_change)
+        if result.record is not None:  # recorded but owed by no file written after all
+            from smagent.pending import key_of
+
+            due = {key_of(action) for action in result.due}
+            unowed = [key for key in result.record.keys if key not in due]
+            await asyncio.to_thread(result.record.settle, unowed)
+        if ledger is None:
+            from smagent.pending import Ledger
+
+            ledger = Ledger()
+            ledger.add(result.due, result.record)
+            result.actions = await ledger.run()
+            ledger.release()
+        else:
+            ledger.add(result.due, result.record)
+            result.actions = await ledger.run(ledger.due(time.monotonic()))
+        return result
+
+    async def _record_owed(
+        self, chosen: list[TemplateSpec], outcomes: list[RenderOutcome], journal: Journal
+    ) -> Record | None:
+        """Record the actions of the files about to change, before any of them is replaced."""
+        candidates = [
+            (template, outcome.output)
+            for template, outcome in zip(chosen, outcomes, strict=True)
+            if outcome.output is not None and template.on_change
+        ]
+        if not candidates or not journal.enabled:
+            return None
+        changing = await asyncio.to_thread(_will_replace, candidates)
+        owed = coalesce(a for t in changing for a in t.on_change)
+        return await journal.record(owed, [t.name for t in changing])
 
     async def render_all(
         self, templates: Sequence[TemplateSpec], resolver: Resolver
@@ -192,7 +281,9 @@ class Pipeline:
         except (writer.WriteError, ValueError) as exc:
             problem = Problem(str(exc), str(template.destination))
             log.error("template.failed", template=name, error=str(problem))
-            return TemplateResult(template, Status.FAILED, outcome.lookups, (problem,))
+            return TemplateResult(
+                template, Status.FAILED, outcome.lookups, (problem,), write_failed=True
+            )
         status = {
             writer.WriteOutcome.WRITTEN: Status.WRITTEN,
             writer.WriteOutcome.UNCHANGED: Status.UNCHANGED,
@@ -217,6 +308,19 @@ class Pipeline:
             return TemplateResult(template, Status.WOULD_FIX_METADATA, outcome.lookups)
         lines = await asyncio.to_thread(_changed_lines, template, outcome.output)
         return TemplateResult(template, Status.WOULD_WRITE, outcome.lookups, changed_lines=lines)
+
+
+def _will_replace(candidates: list[tuple[TemplateSpec, bytes]]) -> list[TemplateSpec]:
+    """The templates whose file would get new bytes (a mode/owner fix owes no action)."""
+    changing = []
+    for template, output in candidates:
+        spec = writer.FileSpec(template.destination, template.mode, template.owner, template.group)
+        try:
+            if writer.compare(spec, output) is writer.WriteOutcome.WRITTEN:
+                changing.append(template)
+        except (writer.WriteError, ValueError, OSError):
+            changing.append(template)  # the write will say what is wrong; owe to be safe
+    return changing
 
 
 def _changed_lines(template: TemplateSpec, new: bytes) -> tuple[int, ...]:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol, TypeVar
 
 from smagent.logging import REDACTOR, Redactor, get_logger
 from smagent.providers.base import (
@@ -39,17 +40,26 @@ from smagent.providers.base import (
     Provider,
     ProviderBug,
     ProviderError,
+    RefreshResult,
     SecretValue,
     Unavailable,
+    Unchanged,
 )
 from smagent.providers.retry import DEADLINE
 from smagent.references import SecretRef
 from smagent.values import value_problem
 
 log = get_logger()
+R = TypeVar("R")
 
 
-class Resolver:
+class Fetcher:
+    """One batch of canonical refs to one provider: deadline, crash containment, redactor.
+
+    Shared by the per-pass `Resolver` and the agent's long-lived `SecretCache`,
+    so a value is accepted the same way whichever asked for it.
+    """
+
     def __init__(
         self,
         providers: Mapping[str, Provider],
@@ -59,59 +69,48 @@ class Resolver:
         self.providers = providers
         self.timeout = timeout
         self.redactor = redactor
-        self.results: dict[SecretRef, FetchResult] = {}
-        self._deadline: float | None = None
-        self.requests = 0
-        """How many references were sent to providers (a ref is never sent twice a pass)."""
 
-    async def resolve(self, refs: Iterable[SecretRef]) -> Mapping[SecretRef, FetchResult]:
-        """Fetch what is not known yet; return the results for `refs`."""
-        wanted = set(refs)
-        spellings: dict[SecretRef, set[SecretRef]] = {}
-        for ref in wanted - self.results.keys():
-            canonical = self._canonical(ref)
-            if isinstance(canonical, ProviderError):
-                self.results[ref] = canonical
-            else:
-                spellings.setdefault(canonical, set()).add(ref)
-        todo: dict[str, list[SecretRef]] = {}
-        for canonical in sorted(spellings.keys() - self.results.keys(), key=str):
-            todo.setdefault(canonical.provider, []).append(canonical)
-        if todo:
-            if self._deadline is None:
-                self._deadline = asyncio.get_running_loop().time() + self.timeout
-            batches = [self._fetch(name, batch) for name, batch in todo.items()]
-            for found in await asyncio.gather(*batches):
-                self.results.update(found)
-        for canonical, written in spellings.items():
-            for ref in written:
-                self.results[ref] = self.results[canonical]
-        return {ref: self.results[ref] for ref in wanted}
-
-    def _canonical(self, ref: SecretRef) -> SecretRef | ProviderError:
-        """The provider's one spelling of `ref` (it must stay a ref of the same provider)."""
-        provider = self.providers.get(ref.provider)
-        if provider is None:
-            return ref  # _fetch reports the unknown provider
-        try:
-            canonical = provider.canonical(ref)
-        except Exception as exc:
-            log.error("provider.crashed", provider=ref.provider, error_type=type(exc).__name__)
-            return ProviderBug(ref, f"internal error in provider ({type(exc).__name__})")
-        if not isinstance(canonical, SecretRef) or canonical.provider != ref.provider:
-            return ProviderBug(ref, "the provider gave an invalid spelling for this secret")
-        return canonical
-
-    async def _fetch(self, name: str, refs: list[SecretRef]) -> dict[SecretRef, FetchResult]:
+    async def fetch(
+        self, name: str, refs: list[SecretRef], deadline: float
+    ) -> dict[SecretRef, FetchResult]:
+        """`provider.fetch(refs)` by loop time `deadline`; an entry for every ref."""
         provider = self.providers.get(name)
         if provider is None:
             return {ref: NotFound(ref, f"no provider named {name!r} is configured") for ref in refs}
-        self.requests += len(refs)
+        return await self.call(
+            name, refs, deadline, lambda: provider.fetch(refs), self.accept, "provider.fetched"
+        )
+
+    async def refresh(
+        self, name: str, known: Mapping[SecretRef, SecretValue], deadline: float
+    ) -> dict[SecretRef, RefreshResult]:
+        """`provider.refresh(known)` by `deadline`; an entry for every ref (see `fetch`)."""
+        provider = self.providers.get(name)
+        refs = list(known)
+        if provider is None:
+            return {ref: NotFound(ref, f"no provider named {name!r} is configured") for ref in refs}
+
+        def accept(ref: SecretRef, result: object) -> RefreshResult:
+            return result if isinstance(result, Unchanged) else self.accept(ref, result)
+
+        return await self.call(
+            name, refs, deadline, lambda: provider.refresh(known), accept, "provider.refreshed"
+        )
+
+    async def call(
+        self,
+        name: str,
+        refs: list[SecretRef],
+        deadline: float,
+        request: Callable[[], Awaitable[Mapping[SecretRef, object]]],
+        accept: Callable[[SecretRef, object], R],
+        event: str,
+    ) -> dict[SecretRef, R | ProviderError]:
         started = time.monotonic()
-        deadline = DEADLINE.set(self._deadline)  # seen by the provider's retries, and its tasks'
+        token = DEADLINE.set(deadline)  # seen by the provider's retries, and its tasks'
         try:
-            async with asyncio.timeout_at(self._deadline):
-                found = dict(await provider.fetch(refs))
+            async with asyncio.timeout_at(deadline):
+                found = dict(await request())
         except TimeoutError:
             detail = f"no answer within {self.timeout:g}s (fetch_timeout)"
             log.warning(
@@ -127,19 +126,19 @@ class Resolver:
             detail = f"internal error in provider ({type(exc).__name__})"
             return {ref: ProviderBug(ref, detail) for ref in refs}
         finally:
-            DEADLINE.reset(deadline)
-        answers: dict[SecretRef, FetchResult] = {}
+            DEADLINE.reset(token)
+        answers: dict[SecretRef, R | ProviderError] = {}
         for ref in refs:  # only what was asked: a stray answer must not fill another's ref
-            answers[ref] = self._accept(ref, found.get(ref))
+            answers[ref] = accept(ref, found.get(ref))
         log.debug(
-            "provider.fetched",
+            event,
             provider=name,
             references=len(refs),
             ms=round((time.monotonic() - started) * 1000, 1),
         )
         return answers
 
-    def _accept(self, ref: SecretRef, result: object) -> FetchResult:
+    def accept(self, ref: SecretRef, result: object) -> FetchResult:
         if isinstance(result, ProviderError):
             return result
         if not isinstance(result, SecretValue):
@@ -148,4 +147,81 @@ class Resolver:
         value = result.reveal()
         self.redactor.add(value)
         problem = value_problem(value)
-        return result if problem is None else BadValue(ref, problem)
+        return result if problem is None else BadValue(ref, problem)  # refused, still known
+
+    def canonical(self, ref: SecretRef) -> SecretRef | ProviderError:
+        """The provider's one spelling of `ref` (it must stay a ref of the same provider)."""
+        provider = self.providers.get(ref.provider)
+        if provider is None:
+            return ref  # fetch reports the unknown provider
+        try:
+            canonical = provider.canonical(ref)
+        except Exception as exc:
+            log.error("provider.crashed", provider=ref.provider, error_type=type(exc).__name__)
+            return ProviderBug(ref, f"internal error in provider ({type(exc).__name__})")
+        if not isinstance(canonical, SecretRef) or canonical.provider != ref.provider:
+            return ProviderBug(ref, "the provider gave an invalid spelling for this secret")
+        return canonical
+
+
+class Source(Protocol):
+    """Where a pass gets the values it has not seen yet (the agent's cache, or the stores)."""
+
+    async def get(
+        self, name: str, refs: list[SecretRef], deadline: float
+    ) -> Mapping[SecretRef, FetchResult]: ...
+
+
+class Resolver:
+    """One pass's view of the secrets: each ref answered once, the same answer all pass."""
+
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        timeout: float,
+        redactor: Redactor = REDACTOR,
+        source: Source | None = None,
+    ) -> None:
+        self.fetcher = Fetcher(providers, timeout, redactor)
+        self.source = source
+        """None: fetch from the stores (`render --once`); the agent passes its cache."""
+        self.timeout = timeout
+        self.results: dict[SecretRef, FetchResult] = {}
+        self.canonical_of: dict[SecretRef, SecretRef] = {}
+        """Each spelling a template wrote -> the provider's one spelling (for the index)."""
+        self._deadline: float | None = None
+        self.requests = 0
+        """How many references were sent to providers (a ref is never sent twice a pass)."""
+
+    async def resolve(self, refs: Iterable[SecretRef]) -> Mapping[SecretRef, FetchResult]:
+        """Fetch what is not known yet; return the results for `refs`."""
+        wanted = set(refs)
+        spellings: dict[SecretRef, set[SecretRef]] = {}
+        for ref in wanted - self.results.keys():
+            canonical = self.fetcher.canonical(ref)
+            if isinstance(canonical, ProviderError):
+                self.results[ref] = canonical
+            else:
+                self.canonical_of[ref] = canonical
+                spellings.setdefault(canonical, set()).add(ref)
+        todo: dict[str, list[SecretRef]] = {}
+        for canonical in sorted(spellings.keys() - self.results.keys(), key=str):
+            todo.setdefault(canonical.provider, []).append(canonical)
+        if todo:
+            if self._deadline is None:
+                self._deadline = asyncio.get_running_loop().time() + self.timeout
+            batches = [self._get(name, batch, self._deadline) for name, batch in todo.items()]
+            for found in await asyncio.gather(*batches):
+                self.results.update(found)
+        for canonical, written in spellings.items():
+            for ref in written:
+                self.results[ref] = self.results[canonical]
+        return {ref: self.results[ref] for ref in wanted}
+
+    async def _get(
+        self, name: str, refs: list[SecretRef], deadline: float
+    ) -> Mapping[SecretRef, FetchResult]:
+        if self.source is not None:
+            return await self.source.get(name, refs, deadline)
+        self.requests += len(refs)
+        return await self.fetcher.fetch(name, refs, deadline)

@@ -47,6 +47,16 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every smagent run of the suite keeps its state folder in the session's tmp folder,
+    never in /var/lib/smagent or the user's ~/.local/state (as systemd's StateDirectory=
+    would set it; a config's own `state_dir` still wins)."""
+    os.environ["STATE_DIRECTORY"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    os.environ.pop("STATE_DIRECTORY", None)
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks(
     request: pytest.FixtureRequest,

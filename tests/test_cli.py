@@ -299,14 +299,6 @@ def test_global_options_after_the_command(ws: Workspace) -> None:
     assert not run.stderr.lstrip().startswith("{")
 
 
-def test_agent_mode_not_yet_available(ws: Workspace) -> None:
-    """render without --once says the agent is not in this version and exits 2."""
-    ws.template("creds.j2", CREDS)
-    run = ws.run("render")
-    assert 2 == run.returncode
-    assert "--once" in run.stderr
-
-
 def test_a_provider_that_cannot_be_built_stops_before_any_write(ws: Workspace) -> None:
     """A provider that cannot be built (its client secret file is missing) exits 2 before
     writing anything, naming the provider and the file."""

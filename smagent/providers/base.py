@@ -93,6 +93,8 @@ class Unchanged:
 
     check_after: float | None = None
     """As `SecretValue.check_after`, when the store gave a new date to look again."""
+    lease: Lease | None = None
+    """The lease as renewed (new TTL, `obtained_at` now), when the check renewed one."""
 
 
 class ProviderError(Exception):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TypeVar
@@ -70,6 +71,8 @@ class Health:
     def __init__(self, provider: str) -> None:
         self.provider = provider
         self.state = "ok"
+        self.since: float | None = None
+        """`time.time()` of the last change of state (None: ok since the start)."""
         self._retrying = 0
 
     def failed(self, error: ProviderError, what: str, *, first: bool) -> None:
@@ -78,6 +81,7 @@ class Health:
         state = "throttled" if isinstance(error, Throttled) else "unavailable"
         if state != self.state:
             self.state = state
+            self.since = time.time()
             log.warning(
                 f"provider.{state}", provider=self.provider, request=what, detail=error.detail
             )
@@ -88,6 +92,7 @@ class Health:
         if ok and self._retrying == 0 and self.state != "ok":
             log.info("provider.recovered", provider=self.provider, was=self.state)
             self.state = "ok"
+            self.since = time.time()
 
     def __repr__(self) -> str:
         return f"Health(provider={self.provider!r}, state={self.state!r})"

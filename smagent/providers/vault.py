@@ -449,7 +449,9 @@ class VaultProvider(BaseProvider):
             else:
                 granted = float(body.get("lease_duration") or 0)
                 if granted >= first * REPLACE_BELOW:
-                    return Unchanged(check_after=time.time() + granted * RENEW_AT)
+                    now = time.time()
+                    renewed = Lease(lease.lease_id, granted, lease.renewable, obtained_at=now)
+                    return Unchanged(check_after=now + granted * RENEW_AT, lease=renewed)
                 log.info("vault.lease.replaced", provider=self.name, ref=str(ref), why="max_ttl")
         self._first_ttl.pop(lease.lease_id, None)
         return await self._read(plan, ref)
