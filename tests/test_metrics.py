@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import stat
+import subprocess
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-from hypothesis import given
+import pytest
+from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -128,9 +134,14 @@ def test_an_agent_with_nothing_configured() -> None:
     assert not any(name.startswith("smagent_template") for name, _ in series)
 
 
-label_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+label_text = st.text(
+    st.sampled_from('"\\\n\r{},=# ') | st.characters(codec="utf-8", exclude_categories=("Cs",)),
+    max_size=30,
+)
+"""Any text, the characters that mean something in the format drawn often."""
 
 
+@example(name='db "main"', destination="C:\\pg\\n\n", secret='a\\"} 1\nfake 2')
 @given(name=label_text, destination=label_text, secret=label_text)
 def test_label_values_round_trip_through_the_parser(
     name: str, destination: str, secret: str
@@ -157,3 +168,55 @@ def test_write_metrics_replaces_the_file_0644(tmp_path: Path) -> None:
     assert 0o644 == stat.S_IMODE(path.stat().st_mode)
     _, series = parse(path.read_text())
     assert 1 == series["smagent_pending_actions", ()]
+
+
+NODE_EXPORTER = "prometheus-node-exporter"  # Debian's name for node_exporter
+
+
+@pytest.fixture
+def node_exporter(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real node_exporter (textfile collector only) on 127.0.0.1: (textfile folder, URL)."""
+    binary = shutil.which(NODE_EXPORTER)
+    if binary is None:
+        reason = f"{NODE_EXPORTER} is not installed (Debian package prometheus-node-exporter)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set: the textfile must be checked by its consumer")
+        pytest.skip(reason)
+    folder = tmp_path / "textfile"
+    folder.mkdir()
+    proc = subprocess.Popen(
+        [binary, "--web.listen-address=127.0.0.1:0", "--collector.disable-defaults",
+         "--collector.textfile", f"--collector.textfile.directory={folder}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # ends at its exit: a failed start fails the next assert
+            found = re.search(r'msg="Listening on" address=(\S+)', line)
+            if found:
+                break
+        assert found, "node_exporter did not start"
+        yield folder, f"http://{found[1]}/metrics"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_node_exporter_reads_the_textfile(node_exporter: tuple[Path, str]) -> None:
+    """node_exporter (the consumer) reads the file without error and serves every sample."""
+    folder, url = node_exporter
+    status = troubled(pid=1)
+    status.templates[0].name = 'db "main" \\ 1\nnext'
+    write_metrics(folder / "smagent.prom", status)
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - 127.0.0.1 only
+        served = response.read().decode()
+    ours_served = [  # node_exporter's own Go metrics are not ours to judge
+        line
+        for line in served.split("\n")
+        if re.match(r"(# (HELP|TYPE) )?(smagent_|node_textfile_scrape_error)", line)
+    ]
+    _, series = parse("\n".join(ours_served) + "\n")
+    assert 0 == series.pop(("node_textfile_scrape_error", ()))
+    _, ours = parse(render_metrics(status))
+    assert ours == series
