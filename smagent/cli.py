@@ -342,7 +342,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         machine = status_report.json_report(status, verdict, path, now)
         _out(json.dumps(machine, indent=2, ensure_ascii=False), scrub=False)
     else:
-        for line in status_report.text_report(status, verdict, now):
+        for line in status_report.text_report(status, verdict, now, config.path):
             _out(line, scrub=False)  # messages scrubbed above; names are config text
     return verdict.exit_code
 

@@ -79,10 +79,13 @@ class ProviderHealth(msgspec.Struct):
     errors: int = 0
     throttles: int = 0
     last_error: str | None = None
+    last_success: float | None = None
+    """The last call the store answered (SPEC: "per provider its last success")."""
 
     def __post_init__(self) -> None:
         _check_state("provider", self.state, PROVIDER_STATES)
         _check_time("provider", "since", self.since)
+        _check_time("provider", "last_success", self.last_success)
 
 
 class LeaseHealth(msgspec.Struct):

@@ -113,6 +113,12 @@ def render_metrics(status: AgentStatus) -> str:
         [(labels, p.state == "ok") for labels, p in providers],
     )
     family(
+        "smagent_provider_last_success_time_seconds",
+        "gauge",
+        "When the secret store last answered a call (Unix time; 0: never).",
+        [(labels, p.last_success or 0) for labels, p in providers],
+    )
+    family(
         "smagent_provider_fetches_total",
         "counter",
         "Calls made to the secret store.",

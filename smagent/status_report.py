@@ -187,8 +187,13 @@ def _pending(since: float, attempts: int, error: str | None, now: float) -> str:
 # --- the text an operator reads ------------------------------------------------------------------
 
 
-def text_report(status: AgentStatus | None, verdict: Verdict, now: float) -> list[str]:
-    """The glance: the verdict first, then the agent, each template, provider, lease, action."""
+def text_report(
+    status: AgentStatus | None, verdict: Verdict, now: float, config: Path | None = None
+) -> list[str]:
+    """The glance: the verdict first, then the agent, each template, provider, lease, action.
+
+    `config`, the config this command read, is named when the agent runs another one (two
+    configs sharing a state folder): the status is then not about the config asked about."""
     label = {"ok": "OK", "attention": "ATTENTION", "not_running": "NOT RUNNING"}[verdict.state]
     lines = [f"smagent: {label}: {one_line(verdict.headline)}"]
     if status is None:
@@ -202,6 +207,8 @@ def text_report(status: AgentStatus | None, verdict: Verdict, now: float) -> lis
     lines.append(
         f"config: {one_line(status.config)}, loaded {age(now - status.config_loaded_at)} ago"
     )
+    if config is not None and status.config != str(config):
+        lines.append(f"  note: not the config this command read ({one_line(str(config))})")
     if status.config_error is not None:
         lines.append(f"  RELOAD REJECTED: {one_line(status.config_error)}")
     lines.extend(_template_lines(status, now))
@@ -251,6 +258,8 @@ def _provider_lines(status: AgentStatus, now: float) -> Iterator[str]:
     yield f"providers ({len(status.providers)}):"
     for p in sorted(status.providers, key=lambda p: p.state == "ok"):
         counts = f"{p.fetches} fetches, {p.errors} errors, {p.throttles} throttled"
+        if p.last_success is not None:
+            counts = f"last answer {age(now - p.last_success)} ago; {counts}"
         name = f"{one_line(p.name)} ({one_line(p.type)})"
         if p.state == "unavailable":
             yield f"  DOWN     {name}  {_unavailable(p.since, p.last_error, now)}; {counts}"

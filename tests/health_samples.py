@@ -48,7 +48,9 @@ def healthy(now: float | None = None, pid: int | None = None, **changes: object)
             ),
         ],
         providers=[
-            ProviderHealth(name="aws-prod", type="aws", state="ok", fetches=120, errors=2),
+            ProviderHealth(
+                name="aws-prod", type="aws", state="ok", fetches=120, errors=2, last_success=now - 3
+            ),
             ProviderHealth(name="vault", type="vault", state="ok", fetches=30, throttles=1),
         ],
         leases=[
@@ -86,6 +88,7 @@ def troubled(now: float | None = None, pid: int | None = None, **changes: object
         errors=9,
         throttles=3,
         last_error="no answer within 10s (fetch_timeout)",
+        last_success=now - 200,
     )
     status.pending_actions = [
         PendingHealth(

@@ -77,6 +77,8 @@ def test_textfile_parses_and_carries_the_numbers() -> None:
         ("smagent_template_last_written_time_seconds", mysql): now - 86400,
         ("smagent_provider_up", aws): 0,
         ("smagent_provider_up", vault): 1,
+        ("smagent_provider_last_success_time_seconds", aws): now - 200,
+        ("smagent_provider_last_success_time_seconds", vault): 0,
         ("smagent_provider_fetches_total", aws): 130,
         ("smagent_provider_fetches_total", vault): 30,
         ("smagent_provider_errors_total", aws): 9,

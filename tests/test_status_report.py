@@ -70,19 +70,25 @@ def test_all_current_exits_0(config: Path) -> None:
         run.stdout,
     )
     assert re.search(r"vault:database/creds/app +expires in 41m0\ds \(renewable\)", run.stdout)
+    assert f"  note: not the config this command read ({config})" in lines
+    assert re.search(
+        r"ok +aws-prod \(aws\) +last answer \ds ago; 120 fetches, 2 errors, 0 throttled", run.stdout
+    )
+    assert re.search(r"ok +vault \(vault\) +30 fetches, 0 errors, 1 throttled", run.stdout)
 
 
 def test_failing_template_says_since_when_and_why(config: Path) -> None:
     """Failing: exit 1, the template first, failing for how long, since when, why; the store
     down since when; the pending action with its attempts."""
     now = time.time()
-    run = status_of(config, troubled(now))
+    run = status_of(config, troubled(now, config=str(config)))
     assert 1 == run.returncode
     lines = run.stdout.splitlines()
     assert (
         "smagent: ATTENTION: 1 template failing, 1 provider unavailable, 1 action pending"
         == lines[0]
     )
+    assert not any("note: not the config" in line for line in lines)
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now - 192))
     failing = next(line for line in lines if "FAILING" in line)
     assert re.fullmatch(
@@ -94,7 +100,7 @@ def test_failing_template_says_since_when_and_why(config: Path) -> None:
     assert lines.index(failing) < next(i for i, line in enumerate(lines) if "userlist" in line)
     assert re.search(
         r"DOWN +aws-prod \(aws\) +unavailable for 3m1[2-5]s: no answer within 10s "
-        r"\(fetch_timeout\); 130 fetches, 9 errors, 3 throttled",
+        r"\(fetch_timeout\); last answer 3m2[0-3]s ago; 130 fetches, 9 errors, 3 throttled",
         run.stdout,
     )
     assert re.search(
