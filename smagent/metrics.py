@@ -55,6 +55,12 @@ def render_metrics(status: AgentStatus) -> str:
         [({}, status.updated_at)],
     )
     family(
+        "smagent_agent_stop_time_seconds",
+        "gauge",
+        "When the agent stopped cleanly (Unix time; 0: running). The file outlives the agent.",
+        [({}, status.stopped_at or 0)],
+    )
+    family(
         "smagent_agent_ready",
         "gauge",
         "1 once the agent's first pass has finished.",

@@ -34,7 +34,8 @@ from smagent.health import AgentStatus
 EXIT_OK, EXIT_ATTENTION, EXIT_NOT_RUNNING = 0, 1, 3
 STALE_HEARTBEATS = 3
 PID_START_SLACK = 5.0
-"""Seconds a process may have started after the agent's recorded start and still be it."""
+"""Seconds by which a process may seem to have started after the agent's last status write
+and still be the agent (the boot time /proc gives is whole seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ def judge(status: AgentStatus | None, path: Path, now: float) -> Verdict:
 def _why_not_running(status: AgentStatus, now: float) -> str | None:
     if status.stopped_at is not None:
         return f"stopped at {_when(status.stopped_at)} ({age(now - status.stopped_at)} ago)"
-    alive = process_alive(status.pid, status.started_at)
+    alive = process_alive(status.pid, status.updated_at)
     if alive is False:
         return (
             f"pid {status.pid} is gone (no clean stop recorded; "
@@ -86,12 +87,17 @@ def _why_not_running(status: AgentStatus, now: float) -> str | None:
     return None
 
 
-def process_alive(pid: int, started_at: float) -> bool | None:
+def process_alive(pid: int, last_seen: float) -> bool | None:
     """True: `pid` runs and may be the agent; False: no such process; None: reused by another.
 
     A process of another user counts as running (we may not signal it, but it
-    is there). A zombie has exited. When /proc says the process started after
-    the agent did, the pid was reused.
+    is there). A zombie has exited. A process that started after the agent
+    last wrote its status (`last_seen`) is not the agent: the pid was reused.
+    The comparison is with the last write, not with the agent's start: /proc
+    gives start times against the boot time as the wall clock says it now,
+    and a clock stepped forward while the agent runs (NTP at boot) would make
+    a long-running agent look younger than its recorded start, for good; the
+    next write (within a heartbeat) is stamped with the new clock.
     """
     try:
         os.kill(pid, 0)
@@ -105,7 +111,7 @@ def process_alive(pid: int, started_at: float) -> bool | None:
     state, start_time = started
     if state == "Z":
         return False
-    if start_time > started_at + PID_START_SLACK:
+    if start_time > last_seen + PID_START_SLACK:
         return None
     return True
 

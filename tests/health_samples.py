@@ -17,7 +17,7 @@ from smagent.health import (
 
 def healthy(now: float | None = None, pid: int | None = None, **changes: object) -> AgentStatus:
     """A running agent with every template current: by default this test process, started
-    when it did (so `smagent status` takes it for the agent); with `pid`, 2 hours ago."""
+    when it did; with `pid`, 2 hours ago."""
     now = time.time() if now is None else now
     status = AgentStatus(
         pid=os.getpid() if pid is None else pid,

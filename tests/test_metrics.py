@@ -62,6 +62,7 @@ def test_textfile_parses_and_carries_the_numbers() -> None:
         ("smagent_build_info", (("version", __version__),)): 1,
         ("smagent_agent_start_time_seconds", ()): now - 7200,
         ("smagent_status_update_time_seconds", ()): now - 2,
+        ("smagent_agent_stop_time_seconds", ()): 0,
         ("smagent_agent_ready", ()): 1,
         ("smagent_config_load_time_seconds", ()): now - 3600,
         ("smagent_config_reload_failed", ()): 0,
@@ -102,13 +103,19 @@ def test_textfile_parses_and_carries_the_numbers() -> None:
     } == counters
 
 
-def test_rejected_reload_and_never_rendered_template() -> None:
-    """A rejected reload sets its gauge; a template never rendered has 0 as its times."""
-    status = healthy(pid=1, config_error="smagent.yaml: templates[0].mode: expected an octal mode")
+def test_rejected_reload_stop_and_never_rendered_template() -> None:
+    """A rejected reload and a clean stop set their gauges; a template never rendered has 0
+    as its times."""
+    status = healthy(
+        pid=1,
+        config_error="smagent.yaml: templates[0].mode: expected an octal mode",
+        stopped_at=1234.5,
+    )
     status.templates.append(TemplateHealth(name="new", destination="/etc/new", state="pending"))
     _, series = parse(render_metrics(status))
     new = (("destination", "/etc/new"), ("template", "new"))
     assert 1 == series["smagent_config_reload_failed", ()]
+    assert 1234.5 == series["smagent_agent_stop_time_seconds", ()]
     assert (0, 0, 0) == (
         series["smagent_template_ok", new],
         series["smagent_template_last_success_time_seconds", new],
