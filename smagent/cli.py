@@ -331,6 +331,33 @@ async def _with_providers(config: Config, command: Any, *args: Any) -> Any:
         raise UsageError(f"{config.path}: {exc}") from None
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from smagent import health, status_report
+    from smagent.state import STATUS_FILE, state_dir_for
+
+    config = _load(args)
+    path = state_dir_for(config) / STATUS_FILE
+    try:
+        status = health.read_status(path)
+    except health.StatusUnreadable as exc:
+        raise UsageError(str(exc)) from None
+    if status is not None:  # the agent scrubbed its messages; scrub again with what we know
+        status_report.register_local_values(config)
+        status = health.scrubbed(status, REDACTOR.scrub)
+    now = time.time()
+    verdict = status_report.judge(status, path, now)
+    if args.json:
+        machine = status_report.json_report(status, verdict, path, now)
+        _out(json.dumps(machine, indent=2, ensure_ascii=False), scrub=False)
+    else:
+        for line in status_report.text_report(status, verdict, now, config.path):
+            _out(line, scrub=False)  # messages scrubbed above; names are config text
+    return verdict.exit_code
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 
@@ -378,6 +405,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     test.add_argument("providers", nargs="*", metavar="PROVIDER")
     test.set_defaults(handler=cmd_test_connection)
+
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="what the running agent keeps current and what fails "
+        "(exit 0 all current, 1 something failing, 3 agent not running)",
+    )
+    status.add_argument("--json", action="store_true", help="the machine-readable form")
+    status.set_defaults(handler=cmd_status)
     return parser
 
 
