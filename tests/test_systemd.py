@@ -337,3 +337,58 @@ def test_each_capability_of_the_unit_is_needed(host: Path, dropped: str, lost: s
         target.wait()
     assert 1 == run.returncode, run.stderr
     assert outcome.pop(lost) is False, run.stderr
+
+
+MDWE_CHILD = """
+import ctypes, mmap, sys
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    sys.exit(77)  # kernel older than 6.3
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    sys.exit("writable+executable memory still allowed: the check would prove nothing")
+except PermissionError:
+    pass
+import asyncio, ssl
+import aiobotocore.session, aiohttp, azure.identity.aio, azure.keyvault.secrets.aio
+async def clients():
+    ssl.create_default_context()
+    async with aiohttp.ClientSession():
+        pass
+    async with aiobotocore.session.get_session().create_client(
+        "secretsmanager", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    ):
+        pass
+asyncio.run(clients())
+from smagent.cli import main
+sys.argv = ["smagent", "--config", sys.argv[1], "render", "--once"]
+main()
+"""
+
+
+def test_the_agent_runs_without_writable_executable_memory(tmp_path: Path) -> None:
+    """MemoryDenyWriteExecute=yes holds: the CLI and every store's SDK work under PR_SET_MDWE."""
+    assert ["yes"] == service("MemoryDenyWriteExecute")
+    (tmp_path / "secrets.yaml").write_text("pg: {password: pw-under-mdwe}\n")
+    (tmp_path / "secrets.yaml").chmod(0o600)
+    config = {
+        "providers": {"local": {"type": "file", "path": "secrets.yaml"}},
+        "namespaces": {"pg": {"provider": "local", "secret": "pg"}},
+        "state_dir": str(tmp_path / "state"),
+        "templates": [
+            {"contents": "{{ secrets.pg.password }}\n", "destination": str(tmp_path / "out")}
+        ],
+    }
+    (tmp_path / "smagent.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-c", MDWE_CHILD, str(tmp_path / "smagent.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode == 77:
+        pytest.skip("PR_SET_MDWE needs Linux 6.3 or newer")
+    assert 0 == proc.returncode, proc.stderr
+    assert "pw-under-mdwe\n" == (tmp_path / "out").read_text()
