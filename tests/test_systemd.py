@@ -9,6 +9,7 @@ ambient capabilities (util-linux's setpriv), which needs root.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -392,3 +393,44 @@ def test_the_agent_runs_without_writable_executable_memory(tmp_path: Path) -> No
         pytest.skip("PR_SET_MDWE needs Linux 6.3 or newer")
     assert 0 == proc.returncode, proc.stderr
     assert "pw-under-mdwe\n" == (tmp_path / "out").read_text()
+
+
+POLKIT_HARNESS = """
+const fs = require("fs");
+const rules = [];
+const polkit = {Result: {YES: "yes", NO: "no"}, addRule: (rule) => rules.push(rule)};
+new Function("polkit", fs.readFileSync(process.argv.at(-1), "utf8"))(polkit);
+const ask = (id, user, details) => {
+    const action = {id: id, lookup: (key) => details[key]};
+    for (const rule of rules) {
+        const result = rule(action, {user: user});
+        if (result !== undefined) return result;
+    }
+    return "not decided";
+};
+const manage = "org.freedesktop.systemd1.manage-units";
+console.log(JSON.stringify([
+    ask(manage, "smagent", {unit: "pgbouncer.service", verb: "kill"}),
+    ask(manage, "smagent", {unit: "pgbouncer.service", verb: "restart"}),
+    ask(manage, "smagent", {unit: "postgresql.service", verb: "kill"}),
+    ask(manage, "someone", {unit: "pgbouncer.service", verb: "kill"}),
+    ask("org.freedesktop.systemd1.manage-unit-files", "smagent", {}),
+]));
+"""
+
+
+def test_the_polkit_rule_grants_only_signals_to_the_listed_units() -> None:
+    """systemd/50-smagent.rules: smagent may `systemctl kill` pgbouncer, and nothing else."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node not installed: the polkit rule (JavaScript) is not evaluated")
+    proc = subprocess.run(
+        [node, "-e", POLKIT_HARNESS, str(SYSTEMD / "50-smagent.rules")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert 0 == proc.returncode, proc.stderr
+    decisions = json.loads(proc.stdout)
+    assert ["yes", "not decided", "not decided", "not decided", "not decided"] == decisions
