@@ -195,6 +195,15 @@ def test_the_sample_config_is_valid(tmp_path: Path) -> None:
     assert "userlist.txt.j2 -> /etc/pgbouncer/userlist.txt" in run.stdout
 
 
+def test_the_unit_lets_the_sample_config_write_its_files() -> None:
+    """Every folder the sample writes to (destinations, metrics file) is in ReadWritePaths=."""
+    config = yaml.safe_load(SAMPLE.read_text())
+    writable = {path.removeprefix("-") for path in service("ReadWritePaths")}
+    written = [template["destination"] for template in config["templates"]]
+    written.append(config["metrics"]["textfile"])
+    assert [] == [path for path in written if str(Path(path).parent) not in writable]
+
+
 # --- the capabilities, exercised: a pgbouncer host in miniature ------------------------------
 #
 # As on Debian: the folder is root's (0755), userlist.txt and pgbouncer.ini are daemon:daemon
