@@ -83,6 +83,8 @@ class ProviderStats:
     errors: int = 0
     throttles: int = 0
     last_error: str | None = None
+    last_success: float | None = None
+    """`time.time()` of the last answer that was not an error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +282,9 @@ class SecretCache:
         stats = self.stats.setdefault(name, ProviderStats())
         for result in results:
             stats.fetches += 1
-            if isinstance(result, ProviderError):
+            if not isinstance(result, ProviderError):
+                stats.last_success = time.time()
+            else:
                 stats.errors += 1
                 stats.last_error = f"{result.kind}: {result.detail}"
                 if isinstance(result, Throttled):

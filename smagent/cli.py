@@ -88,11 +88,24 @@ def cmd_render(args: argparse.Namespace) -> int:
     config = _load(args)
     templates = _select(config, args.template or [])
     if not args.once and not args.dry_run:
-        raise UsageError("the long-running agent is not wired in yet")
+        return _agent(args, config)
     result = asyncio.run(_with_providers(config, _render, config, templates, args.dry_run))
     if args.dry_run:
         _print_dry_run(result)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _agent(args: argparse.Namespace, config: Config) -> int:
+    """`render` without `--once`: run until SIGTERM/SIGINT (exit 0)."""
+    from smagent.agent import StartError, run_agent
+
+    flags = SecretManagerFlags(
+        getattr(args, "use_sm_provider", None), getattr(args, "secret_manager", None)
+    )
+    try:
+        return asyncio.run(run_agent(config, flags, list(dict.fromkeys(args.template or []))))
+    except StartError as exc:
+        raise UsageError(f"{config.path}: {exc}") from None
 
 
 def _select(config: Config, names: list[str]) -> tuple[TemplateSpec, ...]:

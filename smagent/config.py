@@ -283,11 +283,6 @@ class Defaults(_Strict, frozen=True, kw_only=True):
     """How long one pass waits for all its secrets before naming the late ones failed."""
 
 
-class MetricsConfig(_Strict, frozen=True, kw_only=True):
-    textfile: Text | None = None
-    """A Prometheus textfile-collector file the agent rewrites (atomically) after each pass."""
-
-
 class SignalPidfileAction(_Strict, frozen=True, kw_only=True):
     signal: SignalName
     pidfile: Text
@@ -348,7 +343,8 @@ class Config:
     """An arcion provider's name -> the providers it became (for `test-connection NAME`)."""
     state_dir: Path | None = None
     """`state_dir` as configured (absolute); None: chosen at run time (see state.py)."""
-    metrics_textfile: Path | None = None
+    metrics_file: Path | None = None
+    """A Prometheus textfile-collector file the agent rewrites (atomically) after each pass."""
 
     @property
     def folder(self) -> Path:
@@ -488,7 +484,7 @@ def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
     return data
 
 
-_TOP_KEYS = ("providers", "namespaces", "defaults", "templates", "state_dir", "metrics")
+_TOP_KEYS = ("providers", "namespaces", "defaults", "templates", "state_dir", "metrics_file")
 _ZERO_DURATION = "expected a duration above 0"
 _MAX_VERSION = 2**63 - 1
 _MAX_RETRIES = 32
@@ -542,7 +538,7 @@ class _Builder:
             resolved = DefaultChainNamespaces(namespaces, self.default_chain)
         defaults = self.defaults()
         templates = self.templates(defaults, providers)
-        state_dir, metrics_textfile = self.agent_paths()
+        state_dir, metrics_file = self.agent_paths()
         if self.issues:
             raise ConfigError(self.issues)
         assert defaults is not None
@@ -557,7 +553,7 @@ class _Builder:
             templates,
             groups,
             state_dir,
-            metrics_textfile,
+            metrics_file,
         )
 
     # -- sections --
@@ -768,20 +764,13 @@ class _Builder:
         return out, refresh
 
     def agent_paths(self) -> tuple[Path | None, Path | None]:
-        """`state_dir` and `metrics.textfile`, absolute (relative ones: the config folder)."""
-        state_dir: Path | None = None
-        raw_state = self.raw.get("state_dir")
-        if raw_state is not None:
-            text = self.convert(raw_state, Text, "state_dir")
-            if text is not None:
-                state_dir = self.absolute(text, "state_dir")
-        textfile: Path | None = None
-        metrics: MetricsConfig | None = self.convert(
-            self.raw.get("metrics"), MetricsConfig, "metrics"
-        )
-        if metrics is not None and metrics.textfile is not None:
-            textfile = self.absolute(metrics.textfile, "metrics.textfile")
-        return state_dir, textfile
+        """`state_dir` and `metrics_file`, absolute (relative ones: the config folder)."""
+        found: list[Path | None] = []
+        for key in ("state_dir", "metrics_file"):
+            raw = self.raw.get(key)
+            text = None if raw is None else self.convert(raw, Text, key)
+            found.append(None if text is None else self.absolute(text, key))
+        return found[0], found[1]
 
     def defaults(self) -> Defaults | None:
         defaults: Defaults | None = self.convert(self.raw.get("defaults"), Defaults, "defaults")

@@ -31,7 +31,7 @@ from pathlib import Path
 from smagent.config import Config, EnvProviderConfig, FileProviderConfig
 from smagent.health import AgentStatus
 
-EXIT_OK, EXIT_ATTENTION, EXIT_NOT_RUNNING = 0, 1, 3
+EXIT_OK, EXIT_ATTENTION, EXIT_NO_STATE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 STALE_HEARTBEATS = 3
 PID_START_SLACK = 5.0
 """Seconds by which a process may seem to have started after the agent's last status write
@@ -48,9 +48,9 @@ class Verdict:
 
 
 def judge(status: AgentStatus | None, path: Path, now: float) -> Verdict:
-    if status is None:
+    if status is None:  # SPEC section 6: "2 when no agent state is found"
         return Verdict(
-            EXIT_NOT_RUNNING,
+            EXIT_NO_STATE,
             "not_running",
             f"no status file at {path}: no agent has run with this config's state folder "
             "(an agent under systemd keeps it in /var/lib/smagent: run this as its user or "

@@ -322,7 +322,7 @@ ERRORS = [
     pytest.param(
         "foo: 1\n",
         "foo",
-        "unknown key (allowed: providers, namespaces, defaults, templates, state_dir, metrics)",
+        "unknown key (allowed: providers, namespaces, defaults, templates, state_dir, metrics_file)",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -594,7 +594,7 @@ ERRORS = [
     pytest.param(
         "yes: 1\n",
         "yes",
-        "unknown key (allowed: providers, namespaces, defaults, templates, state_dir, metrics)",
+        "unknown key (allowed: providers, namespaces, defaults, templates, state_dir, metrics_file)",
         id="bool-top-level-key",
     ),
     pytest.param(

@@ -184,9 +184,9 @@ def _state(pid: int) -> str:
 
 
 def test_no_status_file_is_not_running(config: Path) -> None:
-    """No status file: exit 3, naming the file and where an agent under systemd keeps it."""
+    """No status file: exit 2 (SPEC: no agent state found), naming the file."""
     run = status_of(config, None)
-    assert 3 == run.returncode
+    assert 2 == run.returncode
     path = config.parent / "state" / "status.json"
     assert run.stdout.startswith(f"smagent: NOT RUNNING: no status file at {path}: ")
     assert "/var/lib/smagent" in run.stdout
@@ -299,10 +299,10 @@ def test_json_form_carries_the_verdict_and_the_status(config: Path) -> None:
 
 
 def test_json_form_without_an_agent(config: Path) -> None:
-    """--json with no status file: state not_running, status null, exit 3."""
+    """--json with no status file: state not_running, status null, exit 2."""
     run = status_of(config, None, "--json")
     machine = json.loads(run.stdout)
-    assert (3, "not_running", None) == (run.returncode, machine["state"], machine["status"])
+    assert (2, "not_running", None) == (run.returncode, machine["state"], machine["status"])
 
 
 def test_secret_in_a_message_is_scrubbed(ws: Workspace, tmp_path: Path) -> None:

@@ -200,7 +200,7 @@ def test_the_unit_lets_the_sample_config_write_its_files() -> None:
     config = yaml.safe_load(SAMPLE.read_text())
     writable = {path.removeprefix("-") for path in service("ReadWritePaths")}
     written = [template["destination"] for template in config["templates"]]
-    written.append(config["metrics"]["textfile"])
+    written.append(config["metrics_file"])
     assert [] == [path for path in written if str(Path(path).parent) not in writable]
 
 
