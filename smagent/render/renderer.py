@@ -45,9 +45,8 @@ import jinja2
 from jinja2 import nodes
 from jinja2.utils import object_type_repr
 
-from smagent import arcion, filters, sandbox
+from smagent import filters
 from smagent.config import Config, TemplateSpec
-from smagent.loader import TemplateLoader, Unloadable
 from smagent.providers.base import FetchResult, ProviderError
 from smagent.references import (
     Lookup,
@@ -56,6 +55,8 @@ from smagent.references import (
     SecretRef,
     parse_secret_call,
 )
+from smagent.render import arcion, sandbox
+from smagent.render.loader import TemplateLoader, Unloadable
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject, parse_json_text
 
 COMPUTED = "<computed>"
