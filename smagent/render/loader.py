@@ -14,7 +14,7 @@ allowed folders, not a regular file, not UTF-8, permission denied, or refused
 `jinja2.TemplateNotFound`, so `{% include ... ignore missing %}` skips a
 missing file but still reports one it may not read. Messages hold the name
 and paths only when the caller says the name may be shown (it was written
-literally in the template or the config; see renderer.py).
+literally in the template or the config; see messages.py).
 """
 
 from __future__ import annotations
