@@ -11,6 +11,12 @@ template is never written from a round that saw a `Pending`.
 
 No message built here contains a secret value, nor text derived from one.
 
+A Renderer outlives a pass (compiling is the expensive part): each outcome
+names the files the render read or looked for (`RenderOutcome.files`, what
+the agent watches), `Renderer.invalidate(paths)` makes the next render read
+changed files again, and `Renderer.for_config(config)` keeps the compiled
+templates across a config reload when the folders and refused files are the same.
+
 The modules, in the order a render meets them:
 
     renderer.py     Renderer: one environment per config; render() -> RenderOutcome

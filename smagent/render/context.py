@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -42,6 +43,8 @@ class RenderContext:
     """Per failed secret, the deepest lookup that hit it (`db.password`, not `db`)."""
     parsed: dict[SecretRef, Any] = field(default_factory=dict)
     """Each secret's JSON, parsed once per render however often a loop reads it."""
+    files: set[Path] = field(default_factory=set)
+    """The template files the render read or looked for (environment.py records them)."""
 
     def plain(self, text: object) -> str:
         """`text` as it may be shown: itself when written literally, else `<computed>`."""

@@ -1,10 +1,15 @@
 """The Jinja environment of a Renderer: the bounded sandbox, plus key-first access to
-secret data (context.py) and the filters for the files databases and services read."""
+secret data (context.py), the filters for the files databases and services read, and
+a record of the template files each render loads."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -17,9 +22,56 @@ from smagent.render.messages import StrictUndefined
 from smagent.render.scram import scram_filter
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject
 
+_FILES: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar(
+    "smagent_render_files", default=None
+)
+"""Where the render under way in this thread records the files its templates came from."""
+
 
 class SecretEnvironment(sandbox.BoundedSandbox):
     """The bounded sandbox, plus key-first attribute access on secret data (context.py)."""
+
+    def __init__(self, loader: TemplateLoader) -> None:
+        super().__init__(
+            loader=loader,
+            undefined=StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            finalize=_config_text,
+            extensions=[arcion.ArcionTokens],
+            auto_reload=True,
+        )
+        self.template_loader = loader
+        self.register_filters({name: _waits_for_pending(fn) for name, fn in FILTERS.items()})
+
+    @contextlib.contextmanager
+    def recording(self, files: set[Path]) -> Iterator[None]:
+        """Add to `files` every file the templates loaded in this block read or looked for."""
+        token = _FILES.set(files)
+        try:
+            yield
+        finally:
+            _FILES.reset(token)
+
+    def _load_template(
+        self, name: str, globals: MutableMapping[str, Any] | None
+    ) -> jinja2.Template:
+        """Every load goes through here: the template itself, `include` (of a name or a
+        list), `import`, `from ... import`, `extends`; cached or not, found or not."""
+        try:
+            return super()._load_template(name, globals)
+        finally:
+            files = _FILES.get()
+            if files is not None and isinstance(name, str):
+                files.update(self.template_loader.looked_at.get(name, ()))
+
+    def forget(self, names: set[str]) -> None:
+        """Drop the compiled templates of `names`: the next load reads their files again."""
+        if self.cache is None:
+            return
+        for name in names:
+            with contextlib.suppress(KeyError):
+                del self.cache[(weakref.ref(self.template_loader), name)]
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, NODES):
@@ -86,17 +138,3 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "pgpass_escape": filters.pgpass_escape,
     "mycnf_quote": filters.mycnf_quote,
 }
-
-
-def make_environment(loader: TemplateLoader) -> SecretEnvironment:
-    env = SecretEnvironment(
-        loader=loader,
-        undefined=StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        finalize=_config_text,
-        extensions=[arcion.ArcionTokens],
-        auto_reload=True,
-    )
-    env.register_filters({name: _waits_for_pending(fn) for name, fn in FILTERS.items()})
-    return env

@@ -3,40 +3,66 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import jinja2
 from jinja2 import nodes
 
+from smagent.render.loader import TemplateLoader
 
-def literals(env: jinja2.Environment, name: str, seen: set[str] | None = None) -> set[str]:
+
+@dataclass(slots=True)
+class Literals:
+    """The literal text of a template and of what it includes by a literal name."""
+
+    words: set[str] = field(default_factory=set)
+    paths: dict[Path, None] = field(default_factory=dict)
+    """The files read for it: when one changes, the words are read again."""
+    checks: list[Callable[[], bool]] = field(default_factory=list)
+    """Each file's up-to-date check (the loader's)."""
+
+    @property
+    def current(self) -> bool:
+        return all(check() for check in self.checks)
+
+
+def literals(env: jinja2.Environment, loader: TemplateLoader, name: str) -> Literals:
     """Every name and string written in a template (and in the templates it includes,
     imports or extends by a literal name): what messages may show of it."""
-    seen = set() if seen is None else seen
+    found = Literals()
+    _collect(env, loader, name, found, set())
+    return found
+
+
+def _collect(
+    env: jinja2.Environment, loader: TemplateLoader, name: str, found: Literals, seen: set[str]
+) -> None:
     if name in seen:
-        return set()
+        return
     seen.add(name)
-    assert env.loader is not None
     try:
-        source = env.loader.get_source(env, name)[0]
+        source, _, check = loader.find(name, found.paths)
+        found.checks.append(check)
         tree = env.parse(source)
     except jinja2.TemplateError:
-        return set()
-    found: set[str] = set()
+        return
+    words = found.words
     for node in tree.find_all(nodes.Node):
         if isinstance(node, nodes.Getattr):
-            found.add(node.attr)
+            words.add(node.attr)
         elif isinstance(node, nodes.Name | nodes.Macro | nodes.Filter | nodes.Test):
-            found.add(node.name)
+            words.add(node.name)
         elif isinstance(node, nodes.Keyword):
-            found.add(node.key)
+            words.add(node.key)
         elif isinstance(node, nodes.Const) and isinstance(node.value, str | int):
             text = str(node.value)
-            found.add(text)
-            found.update(re.split(r"[/.:]", text))
+            words.add(text)
+            words.update(re.split(r"[/.:]", text))
             # `PROVIDER:ID` and `NS/KEY`: the id or key as a whole (an id may hold `/` or `:`)
-            found.update(part for sep in ":/" if sep in text for part in text.split(sep, 1))
+            words.update(part for sep in ":/" if sep in text for part in text.split(sep, 1))
         elif isinstance(
             node, nodes.Include | nodes.Import | nodes.FromImport | nodes.Extends
         ) and isinstance(node.template, nodes.Const):
-            found |= literals(env, str(node.template.value), seen)
-    return found
+            _collect(env, loader, str(node.template.value), found, seen)

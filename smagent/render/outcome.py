@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from smagent.providers.base import ProviderError
 from smagent.references import Lookup, SecretRef
@@ -53,6 +54,9 @@ class RenderOutcome:
     problems: tuple[Problem, ...] = ()
     labels: Mapping[Lookup, str] = field(default_factory=dict)
     """Each lookup as it may be shown (computed parts masked)."""
+    files: frozenset[Path] = frozenset()
+    """The template's source file and every file an include, import or extends read or
+    looked for (a missing include's paths too), as far as the render got: what to watch."""
 
     @property
     def complete(self) -> bool:

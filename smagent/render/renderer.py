@@ -7,8 +7,10 @@ the expensive part of a render.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,8 @@ from smagent.providers.base import FetchResult
 from smagent.references import ReferenceSyntaxError, SecretRef, parse_secret_call
 from smagent.render import arcion, sandbox
 from smagent.render.context import RenderContext, SecretsRoot
-from smagent.render.environment import make_environment
-from smagent.render.literals import literals
+from smagent.render.environment import SecretEnvironment
+from smagent.render.literals import Literals, literals
 from smagent.render.loader import TemplateLoader, Unloadable
 from smagent.render.messages import (
     describe_exception,
@@ -32,22 +34,64 @@ from smagent.render.outcome import COMPUTED, Problem, ReferenceProblem, RenderOu
 
 
 class Renderer:
-    """One Jinja environment for a config: compiled templates are cached across passes."""
+    """One Jinja environment for a config: compiled templates are cached across passes,
+    and across config reloads that keep what loading a template depends on (`for_config`).
+
+    The agent calls `for_config` after a reload and `invalidate` when template files
+    change, between passes (renders of one pass may run in threads at once).
+    """
 
     def __init__(self, config: Config) -> None:
-        sources = [t.source for t in config.templates if t.source is not None]
-        roots = [config.folder, *(source.parent for source in sources)]
-        denied = {config.path: "the config file", **_provider_files(config)}
-        self.loader = TemplateLoader(roots, denied, sources)
-        self.env = make_environment(self.loader)
+        self.loader = _loader_for(config)
+        self.env = SecretEnvironment(self.loader)
         self.arcion: arcion.ArcionTokens = self.env.extensions[arcion.ArcionTokens.identifier]  # type: ignore[assignment]
+        self._known: dict[str, tuple[jinja2.Template, Literals]] = {}
+        self._configure(config)
+
+    def _configure(self, config: Config) -> None:
         self.namespaces = config.namespaces
         self.providers = frozenset(config.providers)
         self._config_known = frozenset(_config_words(config))
-        self._known: dict[str, tuple[jinja2.Template, frozenset[str]]] = {}
+        self.loader.inline.clear()
         self._names: dict[str, str] = {}
         for template in config.templates:
             self._names[template.name] = self._register(template)
+
+    def for_config(self, config: Config) -> Renderer:
+        """This renderer for a reloaded `config`: itself, updated, when the folders templates
+        load from and the files they may not read are the same, keeping every compiled
+        template whose text cannot have changed; else a new Renderer."""
+        loader = _loader_for(config)
+        if (loader.roots, loader.denied) != (self.loader.roots, self.loader.denied):
+            return Renderer(config)
+        inline = dict(self.loader.inline)
+        # A template no longer configured may no longer be read outside the folders: load
+        # it again if an include asks for it. Inline text is never checked for changes.
+        stale = self.loader.sources - loader.sources
+        self.loader.sources = loader.sources
+        self._configure(config)
+        stale |= {key for key, text in inline.items() if self.loader.inline.get(key) != text}
+        self._forget(stale)
+        return self
+
+    def invalidate(self, paths: Iterable[Path]) -> None:
+        """These files changed: the next render of a template that read one of them (or looked
+        for it: a missing include) reads them again, whatever their size and times say."""
+        changed: set[Path] = set()
+        for path in paths:
+            changed |= {path, Path(os.path.abspath(path))}
+            with contextlib.suppress(OSError, RuntimeError):
+                changed.add(path.resolve())
+        self._forget(self.loader.forget(changed))
+        for name, (_, found) in list(self._known.items()):
+            if not changed.isdisjoint(found.paths):
+                self._known.pop(name, None)
+
+    def _forget(self, names: set[str]) -> None:
+        self.env.forget(names)
+        for name in names:
+            self.loader.looked_at.pop(name, None)
+            self._known.pop(name, None)
 
     def _register(self, template: TemplateSpec) -> str:
         if template.source is not None:
@@ -60,12 +104,11 @@ class Renderer:
         return str(template.source) if template.source is not None else template.name
 
     def _known_text(self, name: str, compiled: jinja2.Template) -> frozenset[str]:
+        """The config's words and the template's literal text (kept while its files are)."""
         cached = self._known.get(name)
-        if cached is not None and cached[0] is compiled:
-            return cached[1]
-        known = self._config_known | literals(self.env, name)
-        self._known[name] = (compiled, known)
-        return known
+        if cached is None or cached[0] is not compiled or not cached[1].current:
+            cached = self._known[name] = (compiled, literals(self.env, self.loader, name))
+        return self._config_known | cached[1].words
 
     def render(
         self, template: TemplateSpec, values: Mapping[SecretRef, FetchResult]
@@ -74,7 +117,8 @@ class Renderer:
         ctx = RenderContext(values, self.namespaces, self.providers, known=self._config_known)
         name = self._names.get(template.name) or self._register(template)
         label = self.template_file(template)
-        with showing(ctx.show):  # for undefined values, whose messages are built lazily
+        # `show` for undefined values, whose messages are built lazily
+        with showing(ctx.show), self.env.recording(ctx.files):
             try:
                 with sandbox.metered() as meter:
                     compiled = self.env.get_template(name)
@@ -126,7 +170,7 @@ class Renderer:
     def _outcome(ctx: RenderContext, **kwargs: Any) -> RenderOutcome:
         lookups = frozenset(ctx.lookups)
         labels = {lookup: ctx.label(lookup) for lookup in lookups}
-        return RenderOutcome(lookups, labels=labels, **kwargs)
+        return RenderOutcome(lookups, labels=labels, files=frozenset(ctx.files), **kwargs)
 
     def _unfinished(self, ctx: RenderContext, label: str, exc: Exception | None) -> RenderOutcome:
         if ctx.failed:
@@ -221,6 +265,13 @@ _SECRET_SIGNATURE = inspect.Signature(
 _HOW_TO_CALL = (
     "call it as secret('NS/KEY') or secret('PROVIDER:SECRET_ID', key=..., version=..., stage=...)"
 )
+
+
+def _loader_for(config: Config) -> TemplateLoader:
+    sources = [t.source for t in config.templates if t.source is not None]
+    roots = [config.folder, *(source.parent for source in sources)]
+    denied = {config.path: "the config file", **_provider_files(config)}
+    return TemplateLoader(roots, denied, sources)
 
 
 def _provider_files(config: Config) -> dict[Path, str]:
