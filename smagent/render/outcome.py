@@ -56,7 +56,9 @@ class RenderOutcome:
     """Each lookup as it may be shown (computed parts masked)."""
     files: frozenset[Path] = frozenset()
     """The template's source file and every file an include, import or extends read or
-    looked for (a missing include's paths too), as far as the render got: what to watch."""
+    looked for (a missing include's paths too), as far as the render got: what to watch.
+    A name computed in the template (`{% include secrets.db.user ~ ".j2" %}`) can put
+    secret-derived text in a path: log these paths as a count, never one by one."""
 
     @property
     def complete(self) -> bool:
