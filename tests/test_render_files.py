@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from pathlib import Path
 
@@ -222,3 +223,23 @@ def test_messages_follow_an_edited_include(ws: Workspace) -> None:
     (ws.root / "templates" / "a.j2").write_text("{{ secrets.db.hots }}")
     (problem,) = renderer.render(config.templates[0], VALUES).problems
     assert "key 'hots' not in secret prod/db (keys: host)" in str(problem)
+
+
+def test_renders_in_threads_at_once_each_report_their_own_files(ws: Workspace) -> None:
+    """A pass renders its templates in threads at once: each outcome holds only the files
+    of its own template."""
+    ws.templates = []
+    for index in range(8):
+        ws.template(f"t{index}.j2", f'{{% include "inc{index}.j2" %}}')
+        (ws.root / "templates" / f"inc{index}.j2").write_text("x" * 10_000)
+    config = load_config(ws.write())
+    renderer = Renderer(config)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            outcomes = list(pool.map(lambda t: renderer.render(t, VALUES), config.templates))
+            for index, (template, outcome) in enumerate(
+                zip(config.templates, outcomes, strict=True)
+            ):
+                expected = {template.source, *both_roots(ws, f"inc{index}.j2")}
+                assert expected == set(outcome.files)
+            renderer.invalidate(p for outcome in outcomes for p in outcome.files)
