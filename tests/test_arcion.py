@@ -23,11 +23,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smagent import arcion
 from smagent.config import Config, load_config
 from smagent.providers.base import SecretValue
 from smagent.references import SecretRef
-from smagent.render import Renderer, RenderOutcome
+from smagent.render import Renderer, RenderOutcome, arcion
 from tests.conftest import CANARY, Workspace, assert_no_canary, run_cli
 
 TOKEN = "arcion-sm://m/v"

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from smagent import sandbox
 from smagent.config import load_config
 from smagent.providers.base import SecretValue
 from smagent.references import SecretRef
-from smagent.render import Renderer, RenderOutcome
+from smagent.render import Renderer, RenderOutcome, sandbox
 from tests import leaks
 from tests.conftest import Workspace
 

@@ -14,7 +14,16 @@ allowed folders, not a regular file, not UTF-8, permission denied, or refused
 `jinja2.TemplateNotFound`, so `{% include ... ignore missing %}` skips a
 missing file but still reports one it may not read. Messages hold the name
 and paths only when the caller says the name may be shown (it was written
-literally in the template or the config; see render.py).
+literally in the template or the config; see messages.py).
+
+What a load looked at is kept per name (`looked_at`): each path tried, in
+order, up to the one read, and where a symlink led. A render reports those
+files (`RenderOutcome.files`) so the agent can watch them; a missing include
+is among them, so creating it later is seen. A loaded template is up to date
+while a stat of its path (following symlinks, as the read did) gives the same
+device, inode, size, mtime and ctime: a rename-over that keeps the mtime, or a
+symlink swapped to another file (a Kubernetes ConfigMap update), is seen
+without any watcher.
 """
 
 from __future__ import annotations
@@ -92,24 +101,47 @@ class TemplateLoader(jinja2.BaseLoader):
         self.inline: dict[str, str] = {}
         self.names: dict[str, str] = {}
         """Each loaded file name -> the name it was asked by (a traceback holds the former)."""
+        self.looked_at: dict[str, frozenset[Path]] = {}
+        """Each name Jinja last loaded (or failed to) -> the files that load read or looked for."""
 
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        paths: dict[Path, None] = {}
+        try:
+            return self.find(template, paths)
+        finally:
+            self.looked_at[template] = frozenset(paths)
+
+    def forget(self, paths: Iterable[Path]) -> set[str]:
+        """Drop what was looked at for each name that looked at one of `paths`; their names."""
+        wanted = set(paths)
+        names = {name for name, seen in list(self.looked_at.items()) if seen & wanted}
+        for name in names:
+            self.looked_at.pop(name, None)
+        return names
+
+    def find(
+        self, template: str, paths: dict[Path, None]
+    ) -> tuple[str, str | None, Callable[[], bool]]:
+        """`get_source` without recording; each path looked at is added to `paths`."""
         if template in self.inline:
             return self.inline[template], template, lambda: True
         path = Path(template)
         candidates = [path] if path.is_absolute() else [root / path for root in self.roots]
         worst: _Failure | None = None
         for candidate in candidates:
+            paths[candidate] = None
             try:
-                source, resolved, mtime = self._load(candidate, template in self.sources)
+                source, resolved, signature = self._load(candidate, template in self.sources)
             except _Failure as failure:
+                paths[Path(os.path.realpath(candidate))] = None  # a dangling symlink's target
                 if worst is None or failure.rank > worst.rank:
                     worst = failure
                 continue
+            paths[resolved] = None
             self.names[str(candidate)] = template
-            return source, str(candidate), functools.partial(_unchanged, resolved, mtime)
+            return source, str(candidate), functools.partial(_unchanged, candidate, signature)
         assert worst is not None
         if worst.rank == _MISSING:
             where = ", ".join(map(str, self.roots))
@@ -117,7 +149,7 @@ class TemplateLoader(jinja2.BaseLoader):
             raise TemplateMissing(template, reason, reason)
         raise TemplateRefused(template, worst.reason, worst.detail)
 
-    def _load(self, candidate: Path, configured: bool) -> tuple[str, Path, int]:
+    def _load(self, candidate: Path, configured: bool) -> tuple[str, Path, _Signature]:
         try:
             resolved = candidate.resolve()
         except (OSError, RuntimeError) as exc:  # a symlink loop
@@ -137,7 +169,7 @@ class TemplateLoader(jinja2.BaseLoader):
                 _UNREADABLE, f"refused: it is {refused}", f"refused: {resolved} is {refused}"
             )
         try:
-            return data.decode("utf-8"), resolved, info.st_mtime_ns
+            return data.decode("utf-8"), resolved, _signature(info)
         except UnicodeDecodeError:
             reason = "not UTF-8 text"
             raise _Failure(_UNREADABLE, reason, f"{resolved} is {reason}") from None
@@ -188,8 +220,16 @@ def _kind(path: Path) -> str:
     return "not a regular file"
 
 
-def _unchanged(path: Path, mtime: int) -> bool:
+_Signature = tuple[int, int, int, int, int]
+
+
+def _signature(info: os.stat_result) -> _Signature:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _unchanged(path: Path, signature: _Signature) -> bool:
+    """Whether `path` (symlinks followed, as when it was read) is still the file that was read."""
     try:
-        return os.stat(path).st_mtime_ns == mtime
+        return _signature(os.stat(path)) == signature
     except OSError:
         return False
