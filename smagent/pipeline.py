@@ -2,7 +2,7 @@
 
 `render --once` is one call of `Pipeline.run`; the agent will call the same
 pass again for the templates whose inputs changed. Rendering happens in
-rounds (see render.py): every template is rendered with what is known, the
+rounds (see render/renderer.py): every template is rendered with what is known, the
 union of what they are missing is fetched concurrently, and only templates
 still missing something are rendered again.
 
@@ -14,6 +14,7 @@ was; the other templates are still written.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import enum
 import time
@@ -253,10 +254,18 @@ class Pipeline:
                     "(each depends on the value of the one before)",
                     label,
                 )
-                outcomes[index] = RenderOutcome(outcomes[index].lookups, problems=(problem,))
+                outcomes[index] = RenderOutcome(
+                    outcomes[index].lookups, problems=(problem,), files=outcomes[index].files
+                )
         return [outcomes[i] for i in range(len(templates))]
 
     async def _finish(
+        self, template: TemplateSpec, outcome: RenderOutcome, dry_run: bool
+    ) -> TemplateResult:
+        result = await self._finish_one(template, outcome, dry_run)
+        return dataclasses.replace(result, files=outcome.files)
+
+    async def _finish_one(
         self, template: TemplateSpec, outcome: RenderOutcome, dry_run: bool
     ) -> TemplateResult:
         name = template.name

@@ -7,7 +7,7 @@ resolver fetches each `SecretRef` once per pass however many keys use it.
 
 Every form a user can write resolves here, against the configured namespaces:
 
-    secrets.NS / secrets.NS.KEY.sub     -> attribute access (see render.py)
+    secrets.NS / secrets.NS.KEY.sub     -> attribute access (see render/context.py)
     secret("NS/KEY.sub")                -> parse_secret_call
     secret("PROVIDER:ID", key="a.b", version=..., stage=...)
     arcion-sm://NS/KEY                  -> a bare token in the file
