@@ -65,6 +65,9 @@ RETRY_S = 60.0
 """How often inotify is tried again while polling."""
 CLOSE_WAIT_S = 1.0
 """The longest `close()` waits for the thread to finish."""
+_TICK_NS = 10_000_000
+"""File times come from the kernel's coarse clock, up to a tick (4 ms here) behind
+time.time(): a file changed just after `set_paths` may carry a time just before it."""
 _MAX_HOPS = 40  # symlinks followed in one path, as the kernel's ELOOP limit
 _DELETED = 3  # watchfiles.Change.deleted
 
@@ -164,6 +167,25 @@ def _walk(path: str, folders: dict[str, tuple[int, int]], names: set[str]) -> st
     return current  # the path names a folder
 
 
+def _changed_since(path: str, sig: Signature, since_ns: int) -> bool:
+    """Whether `path` may have changed at or after `since_ns`: its file's ctime says so; a
+    missing file leaves no time of its own, but its removal (or a rename away) touched
+    the folder it was in."""
+    if sig is not None:
+        return sig[0] != -1 and sig[4] >= since_ns - _TICK_NS
+    folder = os.path.dirname(path)
+    while True:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                return False
+            folder = parent
+            continue
+        return st.st_mtime_ns >= since_ns - _TICK_NS
+
+
 def _identity(folder: str) -> tuple[int, int] | None:
     try:
         st = os.stat(folder)
@@ -179,10 +201,13 @@ class _Control:
         self.lock = threading.Lock()
         self.interrupt = threading.Event()
         self.wanted: frozenset[str] | None = None
+        self.since_ns = 0
         self.closed = False
 
-    def want(self, keys: frozenset[str]) -> None:
+    def want(self, keys: frozenset[str], since_ns: int) -> None:
         with self.lock:
+            # set_paths twice before the thread looked: the earlier time covers both
+            self.since_ns = since_ns if self.wanted is None else min(self.since_ns, since_ns)
             self.wanted = keys
             self.interrupt.set()
 
@@ -191,12 +216,12 @@ class _Control:
             self.closed = True
             self.interrupt.set()
 
-    def take(self) -> tuple[frozenset[str] | None, bool]:
-        """(new paths or None, still open); re-arms `interrupt` for what comes next."""
+    def take(self) -> tuple[frozenset[str] | None, int, bool]:
+        """(new paths or None, since when, still open); re-arms `interrupt`."""
         with self.lock:
             self.interrupt.clear()
             wanted, self.wanted = self.wanted, None
-            return wanted, not self.closed
+            return wanted, self.since_ns, not self.closed
 
 
 class _Unusable(Exception):
@@ -249,12 +274,19 @@ class _Engine:
             self.control.interrupt.wait(self.settings.poll_s)
 
     def _take(self) -> bool:
-        wanted, still_open = self.control.take()
+        """Apply what the loop asked. A path new to the set starts from how it looks now,
+        but counts as changed if its file changed since `set_paths` was called (the
+        thread looks a little later; what happened in between must not become the
+        baseline unseen)."""
+        wanted, since_ns, still_open = self.control.take()
         if wanted is not None:
-            self.signatures = {
-                key: self.signatures[key] if key in self.signatures else signature(key)
-                for key in wanted
-            }
+            kept = {key: self.signatures[key] for key in wanted if key in self.signatures}
+            new = {key: signature(key) for key in wanted if key not in self.signatures}
+            self.signatures = kept | new
+            recent = {key for key, sig in new.items() if _changed_since(key, sig, since_ns)}
+            if recent and not self.deliver(recent):
+                self.control.close()
+                return False
         return still_open
 
     def _sweep(self, touched: set[str]) -> None:
@@ -394,15 +426,17 @@ class Watcher:
         """True while inotify cannot be used and paths are polled instead."""
         return self._engine is not None and self._engine.polling is not None
 
-    def set_paths(self, paths: Iterable[Path]) -> None:
-        """Replace the watched set; a path kept keeps its last signature (a change made
-        meanwhile is still reported), a new one starts from how it looks now."""
+    def set_paths(self, paths: Iterable[Path], *, since: float | None = None) -> None:
+        """Replace the watched set. A path kept keeps its last signature (a change made
+        meanwhile is still reported); a new one is reported if its file changed at or after
+        `since` (a time.time(); default now: the agent may pass when it read the files)."""
+        since_ns = time.time_ns() if since is None else int(since * 1_000_000_000)
         cwd = os.getcwd()
         by_key: dict[str, set[Path]] = {}
         for path in paths:
             by_key.setdefault(os.path.join(cwd, os.fspath(path)), set()).add(path)
         self._by_key = by_key
-        self._control.want(frozenset(by_key))
+        self._control.want(frozenset(by_key), since_ns)
 
     async def changes(self) -> AsyncIterator[set[Path]]:
         """Each batch as it comes; ends at `close()`. Cancelling the iteration is immediate
