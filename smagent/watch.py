@@ -14,8 +14,14 @@ inode after a rename-over and goes deaf): the folder holding the file, every
 folder holding a symlink met on the way, and, for a path whose folder does not
 exist yet, the nearest folder that does, so its creation is seen. After each
 batch the folders are worked out again; when they moved (a folder created,
-removed, replaced), inotify is re-armed on the new set and every path is looked
-at once more after arming, so nothing written in between is missed.
+removed, replaced: an event about the folder itself, or another inode under its
+name), inotify is re-armed on the new set and every path is looked at once more
+after arming, so nothing written in between is missed.
+
+A path added by `set_paths` is first looked at by the thread a little later; a
+change in between would become its baseline unseen, so a new path whose file's
+ctime (or, missing, whose folder's mtime) is not older than the call counts as
+changed. The agent can pass `since=` the time it read the files.
 
 If inotify cannot be used (instances or watches exhausted, a folder it may not
 read), the watcher polls the signatures every `poll_s` instead, says so once in
@@ -325,6 +331,7 @@ class _Engine:
     def _listen(self, notify: RustNotify, armed_for: Plan) -> None:
         touched: set[str] = set()
         look = True
+        rearm = False
         current = armed_for
         s = self.settings
         while True:
@@ -333,7 +340,7 @@ class _Engine:
                 # existed, and whether the folders moved
                 current = plan(self.signatures)
                 self._sweep(touched)
-                if current.folders != armed_for.folders:
+                if rearm or current.folders != armed_for.folders:
                     return
             raw = notify.watch(
                 s.debounce_ms, s.step_ms, int(s.rescan_s * 1000), self.control.interrupt
@@ -352,6 +359,9 @@ class _Engine:
                     for key in current.files.get(p, ())
                 }
                 look = bool(relevant)
+                # an event about a watched folder itself: removed or moved away, its watch is
+                # gone, even if a new folder took its name (and, often, its inode number)
+                rearm = any(p in armed_for.folders for _, p in raw)
             else:  # "timeout": the slow rescan; "signal": never in this thread
                 look = True
 
