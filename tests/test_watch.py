@@ -67,10 +67,15 @@ class Batches:
 _BASETEMP: Path | None = None
 
 
+@pytest.fixture(autouse=True)
+def _sentinels_in_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`watching` puts its sentinels in pytest's own temporary folder, cleaned as tmp_path is."""
+    global _BASETEMP
+    _BASETEMP = tmp_path_factory.getbasetemp()
+
+
 @pytest.fixture
 async def watch(tmp_path: Path) -> AsyncIterator[Watcher]:
-    global _BASETEMP
-    _BASETEMP = tmp_path.parent  # pytest's own temporary folder, cleaned as tmp_path is
     watcher = Watcher([], step_ms=20, debounce_ms=200)
     yield watcher
     await watcher.close()
@@ -256,6 +261,23 @@ async def test_symlink_into_another_folder(tmp_path: Path, watch: Watcher) -> No
     repoint.symlink_to(other)
     os.rename(repoint, link)
     assert {link} == await batches.next()
+
+
+async def test_rescan_catches_what_inotify_cannot_see(tmp_path: Path) -> None:
+    """A write through a hard link in an unwatched folder gives no event; the rescan sees it."""
+    target = _file(tmp_path / "watched" / "t.j2")
+    alias = tmp_path / "elsewhere" / "alias"
+    alias.parent.mkdir()
+    os.link(target, alias)
+    watcher = Watcher([], step_ms=20, rescan_s=0.3)
+    try:
+        batches = await watching(watcher, target)
+        await asyncio.sleep(0.1)  # the sentinel's last events are looked at: none left to wake it
+        with alias.open("a") as f:
+            f.write(" through the other name")
+        assert {target} == await batches.next()
+    finally:
+        await watcher.close()
 
 
 async def test_two_names_for_one_path_are_both_reported(tmp_path: Path, watch: Watcher) -> None:
