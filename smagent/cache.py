@@ -101,6 +101,8 @@ class SecretCache:
     entries: dict[SecretRef, Entry] = field(default_factory=dict)
     stats: dict[str, ProviderStats] = field(default_factory=dict)
     _inflight: dict[SecretRef, asyncio.Future[FetchResult]] = field(default_factory=dict)
+    fetch_count: int = 0
+    """Refs sent to the stores by passes (not by checks), for `pass.finished`."""
     _previous: dict[SecretRef, SecretValue] = field(default_factory=dict)
     """The value before the last rotation, retired from the redactor at the next one."""
 
@@ -147,6 +149,7 @@ class SecretCache:
         self, name: str, refs: list[SecretRef], deadline: float
     ) -> dict[SecretRef, FetchResult]:
         loop = asyncio.get_running_loop()
+        self.fetch_count += len(refs)
         futures = {ref: loop.create_future() for ref in refs}
         self._inflight.update(futures)
         found: dict[SecretRef, FetchResult] = {}

@@ -167,6 +167,9 @@ class Fetcher:
 class Source(Protocol):
     """Where a pass gets the values it has not seen yet (the agent's cache, or the stores)."""
 
+    fetch_count: int
+    """How many refs it has sent to the stores so far (a pass reports its share)."""
+
     async def get(
         self, name: str, refs: list[SecretRef], deadline: float
     ) -> Mapping[SecretRef, FetchResult]: ...
@@ -222,6 +225,10 @@ class Resolver:
         self, name: str, refs: list[SecretRef], deadline: float
     ) -> Mapping[SecretRef, FetchResult]:
         if self.source is not None:
-            return await self.source.get(name, refs, deadline)
+            before = self.source.fetch_count
+            try:
+                return await self.source.get(name, refs, deadline)
+            finally:
+                self.requests += self.source.fetch_count - before
         self.requests += len(refs)
         return await self.fetcher.fetch(name, refs, deadline)

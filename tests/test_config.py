@@ -322,7 +322,8 @@ ERRORS = [
     pytest.param(
         "foo: 1\n",
         "foo",
-        "unknown key (allowed: providers, namespaces, defaults, templates, state_dir, metrics_file)",
+        "unknown key (allowed: providers, namespaces, defaults, templates, state_dir, "
+        "metrics_file)",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -594,7 +595,8 @@ ERRORS = [
     pytest.param(
         "yes: 1\n",
         "yes",
-        "unknown key (allowed: providers, namespaces, defaults, templates, state_dir, metrics_file)",
+        "unknown key (allowed: providers, namespaces, defaults, templates, state_dir, "
+        "metrics_file)",
         id="bool-top-level-key",
     ),
     pytest.param(

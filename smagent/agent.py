@@ -1,0 +1,654 @@
+"""`smagent render`: one loop that keeps every file current until SIGTERM.
+
+    events ──► dirty templates ──► quiescence (wait min/max) ──► pass ──► actions
+      ▲ secrets changed   (scheduler → cache.refresh → index.using)
+      ▲ files changed     (watcher → renderer.invalidate → index.reading)
+      ▲ config changed / SIGHUP (reload, validated in a thread)
+
+What outlives a pass lives here: the providers (sessions, tokens and leases
+survive a reload when their config did not change), the secret cache, the
+index of which template uses what, the scheduler, the compiled templates,
+and the ledger of actions owed. A pass (`Pipeline.run`) is the same one
+`render --once` runs, given the cache's view as its resolver and the ledger.
+
+Everything that waits does so on the loop (no blocking call: config parsing,
+user look-ups, file writes and fsyncs run in threads), so the watchdog ping,
+which is sent from the loop itself, stops when the loop is wedged.
+
+Failure is local. A failing template does not stop the others; a provider
+down keeps the last good values (and files) and is retried with backoff; a
+failing action is retried with backoff without holding up anything; an
+unexpected exception in one of the agent's own loops is logged and the loop
+started again, never the process brought down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from smagent import health, metrics
+from smagent.cache import SecretCache
+from smagent.config import (
+    Config,
+    ConfigError,
+    FileProviderConfig,
+    ProviderConfig,
+    SecretManagerFlags,
+    TemplateSpec,
+    load_config,
+)
+from smagent.index import Index
+from smagent.logging import REDACTOR, get_logger
+from smagent.notify import Notifier
+from smagent.pending import Journal, Ledger
+from smagent.pipeline import PassResult, Pipeline, Status
+from smagent.providers import ProviderSetupError, create_provider
+from smagent.providers.base import Provider
+from smagent.references import SecretRef
+from smagent.scheduler import Scheduler
+from smagent.state import STATUS_FILE, StateDirError, ensure_state_dir, state_dir_for
+from smagent.watch import Watcher
+
+log = get_logger()
+
+RESTART_DELAY = 1.0
+"""Seconds before one of the agent's loops is started again after an unexpected error."""
+WRITE_RETRY_FIRST = 1.0
+WRITE_RETRY_MAX = 60.0
+
+
+class StartError(Exception):
+    """The agent cannot start (a provider cannot be built): exit 2, as a config error."""
+
+
+@dataclass(slots=True)
+class TemplateState:
+    """What status and metrics say of one template."""
+
+    name: str
+    destination: str
+    renders: int = 0
+    failures: int = 0
+    last_success: float | None = None
+    last_written: float | None = None
+    failing_since: float | None = None
+    error: str | None = None
+    retry_at: float | None = None
+    """`time.monotonic()` at which a template whose write failed is rendered again."""
+    write_failures: int = 0
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        flags: SecretManagerFlags,
+        names: list[str],
+        notifier: Notifier,
+    ) -> None:
+        self.config = config
+        self.flags = flags
+        self.names = names
+        """`--template` names: the agent keeps only these (all when empty)."""
+        self.notifier = notifier
+        self.providers: dict[str, Provider] = {}
+        """One dict for the life of the agent: the cache's fetcher holds it, reloads edit it."""
+        self.cache = SecretCache.create(self.providers, float(config.defaults.fetch_timeout))
+        self.index = Index()
+        self.scheduler = Scheduler(self._interval_for)
+        self.ledger = Ledger()
+        self.journal = Journal(None, config.path)
+        self.pipeline = Pipeline(config, self.providers)
+        self.watcher: Watcher | None = None
+        self.templates: dict[str, TemplateState] = {}
+        self.started_at = time.time()
+        self.config_loaded_at = time.time()
+        self.config_error: str | None = None
+        self.ready = False
+        self._dirty: set[str] = set()
+        self._first_dirty = 0.0
+        self._last_event = 0.0
+        self._wake = asyncio.Event()
+        self._actions_wake = asyncio.Event()
+        self._reload_wanted = False
+        self._stopping = False
+        self._main: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._status_lock = asyncio.Lock()
+
+    # --- life ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._request_stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        try:
+            await self._open_providers(self.config.providers)
+            self.journal = await Journal.open(self.config)
+            await self.ledger.adopt(await self.journal.orphans(), self.config)
+            self._sync_templates()
+            self.watcher = Watcher(self._watched_paths())
+            self._main = asyncio.current_task()
+            self._start(self.notifier.watchdog, "watchdog")
+            self._start(self._watch_loop, "watcher")
+            self._start(self._refresh_loop, "scheduler")
+            self._start(self._actions_loop, "actions")
+            self._start(self._heartbeat_loop, "status")
+            await self._first_pass()
+            await self._loop()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # our own stop, taken: the shut-down below must not see it
+        finally:
+            await self._shut_down()
+        return 0
+
+    async def _first_pass(self) -> None:
+        await self._pass(set(self.templates))
+        self.ready = True
+        summary = self._summary()
+        log.info("agent.ready", summary=summary, templates=len(self.templates))
+        self.notifier.ready(summary)
+        await self._write_status()
+
+    async def _loop(self) -> None:
+        while True:
+            timeout = self._until_next()
+            self._wake.clear()
+            if timeout is None or timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+            if self._reload_wanted:
+                self._reload_wanted = False
+                await self._reload()
+            self._retry_failed_writes()
+            if self._dirty and self._quiet_enough():
+                names, self._dirty = self._dirty, set()
+                await self._pass(names)
+
+    def _request_stop(self, signum: int) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("agent.stopping", signal=signal.Signals(signum).name)
+        self.notifier.stopping()
+        if self._main is not None:
+            self._main.cancel()  # a pass mid-write finishes its write-and-action step first
+
+    def _request_reload(self) -> None:
+        log.info("agent.reload_requested", cause="SIGHUP")
+        self._reload_wanted = True
+        self._wake.set()
+
+    def _start(self, loop_fn: Callable[[], Awaitable[None]], name: str) -> None:
+        self._tasks.append(asyncio.create_task(self._supervised(loop_fn, name), name=name))
+
+    async def _supervised(self, loop_fn: Callable[[], Awaitable[None]], name: str) -> None:
+        while True:
+            try:
+                await loop_fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in one loop must not stop the agent
+                log.error("agent.loop_crashed", loop=name, error_type=type(exc).__name__)
+                await asyncio.sleep(RESTART_DELAY)
+
+    async def _shut_down(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.ledger.release()  # what is still owed stays on disk for the next start
+        if self.watcher is not None:
+            await self.watcher.close()
+        await self._close_providers(list(self.providers))
+        await self._write_status(stopped=True)
+        self.notifier.close()
+        log.info("agent.stopped")
+
+    # --- providers -------------------------------------------------------------------------
+
+    async def _open_providers(self, configs: Mapping[str, ProviderConfig]) -> None:
+        opened = await _open_all(configs)
+        self.providers.update(opened)
+
+    async def _close_providers(self, names: Iterable[str]) -> None:
+        for name in list(names):
+            provider = self.providers.pop(name, None)
+            if provider is None:
+                continue
+            try:
+                await provider.__aexit__(None, None, None)
+            except Exception as exc:
+                log.error("provider.close_failed", provider=name, error_type=type(exc).__name__)
+
+    # --- passes ----------------------------------------------------------------------------
+
+    async def _pass(self, names: set[str]) -> None:
+        chosen = [t for t in self._managed() if t.name in names]
+        if not chosen:
+            return
+        result = await self.pipeline.run(
+            chosen, resolver=self.cache.resolver(), journal=self.journal, ledger=self.ledger
+        )
+        self._learn(result)
+        if len(self.ledger):
+            self._actions_wake.set()
+        await self._write_status()
+
+    def _learn(self, result: PassResult) -> None:
+        """Fold a pass into the index, the schedule, the templates' health and the watcher."""
+        now = time.time()
+        for item in result.templates:
+            name = item.template.name
+            refs = {result.canonical_of.get(lookup.ref, lookup.ref) for lookup in item.lookups}
+            self.index.update(name, refs, item.files)
+            state = self.templates.get(name)
+            if state is None:
+                continue
+            state.renders += 1
+            if item.status is Status.FAILED:
+                state.failures += 1
+                state.failing_since = state.failing_since or now
+                state.error = REDACTOR.scrub("; ".join(str(p) for p in item.problems))
+                if item.write_failed:
+                    state.write_failures += 1
+                    delay = min(WRITE_RETRY_MAX, WRITE_RETRY_FIRST * 2.0**state.write_failures)
+                    state.retry_at = time.monotonic() + delay
+            else:
+                state.last_success = now
+                state.failing_since = None
+                state.error = None
+                state.retry_at = None
+                state.write_failures = 0
+                if item.status is Status.WRITTEN:
+                    state.last_written = now
+        for ref in self.index.all_refs():
+            entry = self.cache.entries.get(ref)
+            if entry is not None and ref not in self.scheduler:
+                self.scheduler.plan(ref, entry)
+        self.scheduler.forget(self.cache.retain(self.index.all_refs()))
+        if self.watcher is not None:
+            self.watcher.set_paths(self._watched_paths())
+
+    def _mark_dirty(self, names: Iterable[str]) -> None:
+        wanted = set(names) & set(self.templates)
+        if not wanted:
+            return
+        now = time.monotonic()
+        if not self._dirty:
+            self._first_dirty = now
+        self._dirty |= wanted
+        self._last_event = now
+        self._wake.set()
+
+    def _quiet_enough(self) -> bool:
+        return self._ready_at() <= time.monotonic()
+
+    def _ready_at(self) -> float:
+        """consul-template's `wait`: `min` of quiet after the last change, at most `max`
+        after the first (4 x min when max is 0)."""
+        wait = self.config.defaults.wait
+        low, high = float(wait.min), float(wait.max)
+        if low <= 0:
+            return self._last_event
+        if high <= 0:
+            high = 4 * low
+        return min(self._last_event + low, self._first_dirty + high)
+
+    def _until_next(self) -> float | None:
+        times = [s.retry_at for s in self.templates.values() if s.retry_at is not None]
+        if self._dirty:
+            times.append(self._ready_at())
+        if not times:
+            return None
+        return max(0.0, min(times) - time.monotonic())
+
+    def _retry_failed_writes(self) -> None:
+        now = time.monotonic()
+        due = [
+            s.name for s in self.templates.values() if s.retry_at is not None and s.retry_at <= now
+        ]
+        for name in due:
+            self.templates[name].retry_at = None
+        self._mark_dirty(due)
+
+    # --- the background loops --------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self.scheduler.wait()
+                due = self.scheduler.take_due()
+                if not due:
+                    continue
+                for provider, refs in _by_provider(due).items():
+                    task = asyncio.create_task(self._refresh(refs), name=f"refresh-{provider}")
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _refresh(self, refs: list[SecretRef]) -> None:
+        """One provider's due secrets: one batched check; re-render what changed."""
+        try:
+            look = await self.cache.refresh(refs)
+        except Exception as exc:  # the cache contains providers' crashes; this is ours
+            log.error("agent.refresh_crashed", error_type=type(exc).__name__)
+            for ref in refs:
+                self.scheduler.at(ref, time.monotonic() + RESTART_DELAY * 30)
+            return
+        for ref in refs:
+            entry = self.cache.entries.get(ref)
+            if entry is not None:
+                self.scheduler.plan(ref, entry)
+        if look.changed:
+            self._mark_dirty(self.index.using(look.changed))
+
+    async def _watch_loop(self) -> None:
+        assert self.watcher is not None
+        async for changed in self.watcher.changes():
+            self._on_files_changed(changed)
+
+    def _on_files_changed(self, changed: set[Path]) -> None:
+        if self.config.path in changed:
+            log.info("agent.reload_requested", cause="config file changed")
+            self._reload_wanted = True
+            self._wake.set()
+        provider_files = self._provider_files()
+        for path in changed & provider_files.keys():
+            name = provider_files[path]
+            self.scheduler.now(ref for ref in self.cache.entries if ref.provider == name)
+        template_files = changed - {self.config.path} - provider_files.keys()
+        if template_files:
+            self.pipeline.renderer.invalidate(template_files)
+            names = self.index.reading(template_files)
+            names |= {t.name for t in self._managed() if t.source in template_files}
+            log.info("template.changed", templates=", ".join(sorted(names)) or "none")
+            self._mark_dirty(names)
+
+    async def _actions_loop(self) -> None:
+        """Retries of failed actions, with their backoff; never holds up a pass or a check."""
+        while True:
+            next_try = self.ledger.next_try()
+            timeout = None if next_try is None else max(0.0, next_try - time.monotonic())
+            self._actions_wake.clear()
+            if timeout is None or timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._actions_wake.wait()
+            due = self.ledger.due(time.monotonic())
+            if due:
+                await self.ledger.run(due)
+                await self._write_status()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(health.HEARTBEAT)
+            await self._write_status()
+
+    # --- reload ----------------------------------------------------------------------------
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            await self._apply_reload()
+        finally:
+            self.notifier.ready(self._summary())
+            await self._write_status()
+
+    async def _apply_reload(self) -> None:
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path, self.flags)
+            if self.names:
+                new.select(self.names)
+        except ConfigError as exc:
+            self._reject([str(issue) for issue in exc.issues])
+            return
+        except OSError as exc:
+            self._reject([f"{self.config.path}: {exc.strerror or exc}"])
+            return
+        old = self.config
+        changed = {
+            name
+            for name in set(old.providers) | set(new.providers)
+            if old.providers.get(name) != new.providers.get(name)
+        }
+        wanted = {name: cfg for name, cfg in new.providers.items() if name in changed}
+        try:
+            opened = await _open_all(wanted)
+        except StartError as exc:
+            self._reject([str(exc)])
+            return
+        await self._close_providers(changed & set(self.providers))
+        for name in changed:
+            self.scheduler.forget(self.cache.drop_provider(name))
+        self.providers.update(opened)
+        self.config = new
+        self.cache.fetcher.timeout = float(new.defaults.fetch_timeout)
+        self.pipeline = Pipeline(new, self.providers, self.pipeline.renderer.for_config(new))
+        if state_dir_for(new) != state_dir_for(old):
+            self.journal = await Journal.open(new)
+        removed = self._sync_templates()
+        for name in removed:
+            self.index.remove(name)
+        self.scheduler.forget(self.cache.retain(self.index.all_refs()))
+        self.config_loaded_at = time.time()
+        self.config_error = None
+        log.info(
+            "config.reloaded",
+            path=str(new.path),
+            templates=len(self.templates),
+            providers_replaced=", ".join(sorted(changed)) or "none",
+            templates_dropped=", ".join(sorted(removed)) or "none",
+        )
+        if self.watcher is not None:
+            self.watcher.set_paths(self._watched_paths())
+        self._mark_dirty(self.templates)
+
+    def _reject(self, problems: list[str]) -> None:
+        self.config_error = REDACTOR.scrub("; ".join(problems))
+        for problem in problems:
+            log.error("config.invalid", error=problem, keeping="the running configuration")
+
+    def _sync_templates(self) -> list[str]:
+        """`templates` after a (re)load: new ones added, removed ones dropped (returned)."""
+        managed = {t.name: t for t in self._managed()}
+        removed = [name for name in self.templates if name not in managed]
+        for name in removed:
+            del self.templates[name]
+        for name, template in managed.items():
+            state = self.templates.get(name)
+            if state is None:
+                self.templates[name] = TemplateState(name, str(template.destination))
+            else:
+                state.destination = str(template.destination)
+        return removed
+
+    # --- what the agent looks at -----------------------------------------------------------
+
+    def _managed(self) -> tuple[TemplateSpec, ...]:
+        return self.config.select(self.names) if self.names else self.config.templates
+
+    def _interval_for(self, ref: SecretRef) -> float:
+        """The namespace's `refresh` (the shortest of those naming this secret), else the
+        default."""
+        config = self.config
+        found = [
+            float(config.namespace_refresh[name])
+            for name, ns in config.namespaces.items()
+            if name in config.namespace_refresh
+            and ns.provider == ref.provider
+            and (ns.secret is None or ns.secret == ref.secret_id)
+        ]
+        return min(found, default=float(config.defaults.refresh))
+
+    def _provider_files(self) -> dict[Path, str]:
+        return {
+            Path(cfg.path): name
+            for name, cfg in self.config.providers.items()
+            if isinstance(cfg, FileProviderConfig)
+        }
+
+    def _watched_paths(self) -> set[Path]:
+        paths = {self.config.path} | self.index.all_files() | set(self._provider_files())
+        paths |= {t.source for t in self._managed() if t.source is not None}
+        return paths
+
+    # --- status ----------------------------------------------------------------------------
+
+    def _summary(self) -> str:
+        failing = [s for s in self.templates.values() if s.failing_since is not None]
+        text = f"{len(self.templates) - len(failing)} of {len(self.templates)} files current"
+        if failing:
+            text += f"; failing: {', '.join(sorted(s.name for s in failing))}"
+        if len(self.ledger):
+            text += f"; {len(self.ledger)} action(s) pending"
+        if self.config_error:
+            text += "; last reload rejected"
+        return text
+
+    def snapshot(self, *, stopped: bool = False) -> health.AgentStatus:
+        now = time.time()
+        providers = []
+        for name, cfg in self.config.providers.items():
+            stats = self.cache.stats.get(name)
+            provider = self.providers.get(name)
+            state = getattr(getattr(provider, "health", None), "state", "ok")
+            since = getattr(getattr(provider, "health", None), "since", None)
+            providers.append(
+                health.ProviderHealth(
+                    name=name,
+                    type=str(cfg.__struct_config__.tag),
+                    state="ok" if state == "ok" else "unavailable",
+                    since=since,
+                    fetches=stats.fetches if stats else 0,
+                    errors=stats.errors if stats else 0,
+                    throttles=stats.throttles if stats else 0,
+                    last_error=REDACTOR.scrub(stats.last_error)
+                    if stats and stats.last_error
+                    else None,
+                    last_success=stats.last_success if stats else None,
+                )
+            )
+        leases = [
+            health.LeaseHealth(
+                provider=entry.ref.provider,
+                secret=entry.ref.secret_id,
+                expires_at=entry.value.lease.obtained_at + entry.value.lease.duration_s,
+                renewable=entry.value.lease.renewable,
+            )
+            for entry in self.cache.entries.values()
+            if entry.value is not None and entry.value.lease is not None
+        ]
+        pending = [
+            health.PendingHealth(
+                action=label,
+                since=owed.since,
+                attempts=owed.attempts,
+                last_error=REDACTOR.scrub(owed.last_error) if owed.last_error else None,
+            )
+            for label, owed in self.ledger.describe()
+        ]
+        templates = [
+            health.TemplateHealth(
+                name=s.name,
+                destination=s.destination,
+                state="failing"
+                if s.failing_since is not None
+                else ("ok" if s.last_success is not None else "pending"),
+                last_success=s.last_success,
+                failing_since=s.failing_since,
+                error=s.error,
+                renders=s.renders,
+                failures=s.failures,
+                last_written=s.last_written,
+            )
+            for s in self.templates.values()
+        ]
+        return health.AgentStatus(
+            pid=os.getpid(),
+            started_at=self.started_at,
+            updated_at=now,
+            heartbeat_s=health.HEARTBEAT,
+            config=str(self.config.path),
+            config_loaded_at=self.config_loaded_at,
+            config_error=self.config_error,
+            ready=self.ready,
+            stopped_at=now if stopped else None,
+            templates=templates,
+            providers=providers,
+            leases=leases,
+            pending_actions=pending,
+        )
+
+    async def _write_status(self, *, stopped: bool = False) -> None:
+        """status.json in the state folder and the metrics textfile; a failure is logged."""
+        async with self._status_lock:
+            status = self.snapshot(stopped=stopped)
+            folder = self.journal.folder.parent if self.journal.folder is not None else None
+            textfile = self.config.metrics_file
+            try:
+                await asyncio.to_thread(_write_status_files, status, folder, textfile)
+            except (OSError, ValueError, StateDirError) as exc:
+                log.warning("status.write_failed", error=str(exc))
+            if self.ready and not stopped:
+                self.notifier.status(self._summary())
+
+
+def _write_status_files(
+    status: health.AgentStatus, folder: Path | None, textfile: Path | None
+) -> None:
+    if folder is not None:
+        ensure_state_dir(folder)
+        health.write_status(folder / STATUS_FILE, status)
+    if textfile is not None:
+        metrics.write_metrics(textfile, status)
+
+
+async def _open_all(configs: Mapping[str, ProviderConfig]) -> dict[str, Provider]:
+    """Build and enter providers; on a failure, close the ones opened and raise StartError."""
+    opened: dict[str, Provider] = {}
+    try:
+        for name, cfg in configs.items():
+            try:
+                provider = create_provider(name, cfg)
+                opened[name] = await provider.__aenter__()
+            except ProviderSetupError as exc:
+                raise StartError(str(exc)) from None
+            except Exception as exc:
+                raise StartError(
+                    f"provider {name!r} cannot be opened ({type(exc).__name__})"
+                ) from None
+    except BaseException:
+        for provider in opened.values():
+            with contextlib.suppress(Exception):
+                await provider.__aexit__(None, None, None)
+        raise
+    return opened
+
+
+def _by_provider(refs: Iterable[SecretRef]) -> dict[str, list[SecretRef]]:
+    out: dict[str, list[SecretRef]] = {}
+    for ref in refs:
+        out.setdefault(ref.provider, []).append(ref)
+    return out
+
+
+async def run_agent(config: Config, flags: SecretManagerFlags, names: list[str]) -> int:
+    notifier = Notifier.from_environment()
+    return await Agent(config, flags, names, notifier).run()
