@@ -43,6 +43,8 @@ import pytest
 from tests import leaks
 from tests.sighup_counter import SighupCounter, stop_all
 
+KILL_WAIT = 10
+"""Seconds a SIGKILLed process may take to go."""
 TAIL = 40
 """Log lines shown with a failure."""
 INHERITED_OUT = ("SMAGENT_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_", "STATE_DIRECTORY")
@@ -251,7 +253,10 @@ class AgentProcess:
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        try:
+            proc.wait(KILL_WAIT)
+        except subprocess.TimeoutExpired:  # stuck in the kernel (D state): say so, do not hang
+            raise AgentFailure(f"pid {proc.pid} still there {KILL_WAIT}s after SIGKILL") from None
         self._join_reader()
 
     def close(self) -> None:

@@ -387,3 +387,59 @@ def test_replace_file_keeps_the_mode_under_any_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert 0o644 == stat.S_IMODE(os.stat(tmp_path / "config.yaml").st_mode)
+
+
+# --- in a failing test's report -----------------------------------------------------------------
+
+INNER_TEST = """
+import sys
+from tests.agent_process import AgentProcess
+
+STARTED = []
+
+def test_fails(agent, tmp_path):
+    script = tmp_path / "stand_in.py"
+    script.write_text(
+        "import json, sys, time\\n"
+        "line = {'event': 'template.failed', 'template': 'a.j2'}\\n"
+        "sys.stderr.write(json.dumps(line) + '\\\\n')\\n"
+        "sys.stderr.flush()\\n"
+        "time.sleep(60)\\n"
+    )
+    proc = AgentProcess([sys.executable, "-I", "-S", str(script)]).start()
+    STARTED.append(proc.pid)
+    proc.wait_for("template.failed")
+    assert 1 == 2, "the inner test fails on purpose"
+
+
+def test_after():
+    from tests.agent_process import pids_alive
+    assert [] == pids_alive(STARTED), "the process the failed test left was killed"
+"""
+
+
+def test_a_failing_test_report_shows_the_agent_log(tmp_path: Path) -> None:
+    """A failed test's report has a section with each started process's last log lines, and
+    a process the test left running is killed when it ends."""
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "conftest.py").write_text(
+        "from tests.conftest import _no_leaks, agent, pytest_runtest_makereport  # noqa\n"
+    )
+    (inner / "test_inner.py").write_text(INNER_TEST)
+    repo = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(inner)],
+        capture_output=True,
+        text=True,
+        cwd=inner,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        timeout=60,
+        check=False,
+    )
+    assert 1 == run.returncode, run.stdout[-2000:]
+    assert "the inner test fails on purpose" in run.stdout
+    section = run.stdout.split("agent log, pid ", 1)[1]
+    assert '{"event": "template.failed", "template": "a.j2"}' in section
+    assert "(running): last 1 of 1 output lines" in section
+    assert "1 failed, 1 passed" in run.stdout  # test_after: it was killed when test_fails ended
