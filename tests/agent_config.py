@@ -26,6 +26,17 @@ REFRESH = "500ms"
 """`defaults.refresh` of an agent test: a rotation shows within about a second."""
 
 
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIAAGENTTESTS000001",
+    "AWS_SECRET_ACCESS_KEY": "agent-tests-secret-access-key",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+}
+"""The environment an agent using an `aws()` provider on moto needs (moto takes any keys);
+pass it as `env=` when starting the agent, so no profile of the host is used."""
+
+
 def replace_file(path: Path, text: str | bytes, mode: int = 0o600) -> None:
     """Put `text` at `path` atomically: a new file (created with `mode`) renamed over it."""
     data = text.encode() if isinstance(text, str) else text

@@ -23,6 +23,7 @@ p.events("action.ran", since=m)`.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import json
@@ -390,6 +391,15 @@ class AgentProcess:
         if eof and code is None:
             why = "its output was closed, yet it runs on"
         raise self._with_tail(f"no event {wanted}: {why}")
+
+    async def wait_for_async(
+        self, name: str, /, *, timeout: float = 10, since: Mark | None = None, **fields: Any
+    ) -> Event:
+        """`wait_for` from an async test, without blocking its event loop (a fake served
+        on that loop keeps answering the agent meanwhile)."""
+        return await asyncio.to_thread(
+            lambda: self.wait_for(name, timeout=timeout, since=since, **fields)
+        )
 
     def stdout(self) -> str:
         with self._changed:

@@ -192,6 +192,12 @@ class SighupCounter:
                 raise AssertionError(f"expected {n} SIG{name} within {timeout}s, got {seen}")
             time.sleep(0.005)
 
+    async def wait_count_async(self, n: int, timeout: float = 5, name: str = "HUP") -> None:
+        """`wait_count` from an async test, without blocking its event loop."""
+        import asyncio  # here: the counter process itself must start fast
+
+        await asyncio.to_thread(self.wait_count, n, timeout, name)
+
     def _check_alive(self) -> None:
         assert self._proc is not None, "the counter was not started"
         code = self._proc.poll()

@@ -344,12 +344,17 @@ def test_the_counter_exits_when_its_parent_dies(tmp_path: Path) -> None:
 
 
 def test_the_agent_workspace_is_a_valid_config(tmp_path: Path) -> None:
-    """The built config loads, with the short refresh, state_dir, metrics and the HUP action."""
+    """The built config loads: providers, namespaces, the short refresh, state_dir, metrics
+    and one HUP action for both templates."""
     workspace = AgentWorkspace.with_canaries(tmp_path)
     counter = SighupCounter(tmp_path)
     workspace.template("a.txt.j2", "{{ secrets.db.password }}\n", on_change=[hup(counter)])
     workspace.contents("out/b.env", "B={{ secrets.db.username }}\n", on_change=[hup(counter)])
     workspace.metrics_textfile = tmp_path / "metrics" / "smagent.prom"
+    workspace.aws("aws", "http://127.0.0.1:9")
+    workspace.vault("vault", "http://127.0.0.1:9", "hvs.agent-test-token")
+    workspace.namespace("cloud", "aws", secret="prod/cloud", refresh="250ms")
+    workspace.namespace("kv", "vault", secret="secret/data/app")
     workspace.write()
     config = load_config(workspace.config_path)
     assert 0.5 == config.defaults.refresh
@@ -358,6 +363,8 @@ def test_the_agent_workspace_is_a_valid_config(tmp_path: Path) -> None:
     actions = {action for template in config.templates for action in template.on_change}
     assert 1 == len(actions)
     assert str(counter.pidfile) == next(iter(actions)).pidfile  # type: ignore[union-attr]
+    assert 0.25 == config.namespace_refresh["cloud"]
+    assert {"local", "aws", "vault"} == set(config.providers)
     assert 0 == run_cli("--config", workspace.config_path, "check").returncode
 
 
