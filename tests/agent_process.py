@@ -176,8 +176,10 @@ class AgentProcess:
         if exc is not None:
             if not isinstance(exc, AgentFailure):  # which carries the tail already
                 exc.add_note(self.tail_text())
-            with contextlib.suppress(AssertionError):  # the test's own failure comes first
+            try:
                 self.close()
+            except AssertionError as problem:  # the test's own failure stays the one raised
+                exc.add_note(f"and at close: {str(problem).splitlines()[0]}")
             return
         self.close()
 

@@ -208,6 +208,7 @@ def test_a_canary_in_the_output_fails_at_close_masked(tmp_path: Path) -> None:
     text = str(failure.value)
     assert "CANARY (as is) in stderr" in text
     assert "CANARY (reversed) in stdout" in text
+    assert "CANARY (reversed) in stdout" in text
     assert CANARY not in text
     assert "<CANARY as is>" in text
 
@@ -450,3 +451,21 @@ def test_a_failing_test_report_shows_the_agent_log(tmp_path: Path) -> None:
     assert '{"event": "template.failed", "template": "a.j2"}' in section
     assert "(running): last 1 of 1 output lines" in section
     assert "1 failed, 1 passed" in run.stdout  # test_after: it was killed when test_fails ended
+
+
+def test_a_canary_is_still_reported_when_the_block_fails(tmp_path: Path) -> None:
+    """A leak found at close is added to the test's own failure, not swallowed by it."""
+    argv = stand_in(tmp_path, f"log('oops', detail={CANARY!r})")
+    leaks.allow_secrets_in(argv[-1])
+    proc = AgentProcess(argv)
+
+    def fail_inside() -> None:
+        with proc:
+            proc.wait_for("oops")
+            raise ValueError("the test's own failure")
+
+    with pytest.raises(ValueError, match="own failure") as failure:
+        fail_inside()
+    notes = "\n".join(failure.value.__notes__)
+    assert "and at close: a canary secret leaked: CANARY (as is)" in notes
+    assert CANARY not in notes
