@@ -469,3 +469,21 @@ def test_a_canary_is_still_reported_when_the_block_fails(tmp_path: Path) -> None
     notes = "\n".join(failure.value.__notes__)
     assert "and at close: a canary secret leaked: CANARY (as is)" in notes
     assert CANARY not in notes
+
+
+def test_the_pieces_together_with_render_once(
+    agent: agent_process.AgentFactory, tmp_path: Path, sighup_counter: SighupCounter
+) -> None:
+    """Builder, rotation, the real CLI and the counter: one SIGHUP per changed pass, none else."""
+    workspace = AgentWorkspace.with_canaries(tmp_path)
+    out = workspace.template(
+        "userlist.txt.j2", '"app" "{{ secrets.db.password }}"\n', on_change=[hup(sighup_counter)]
+    )
+    workspace.write()
+    expected = {"first": 1, "unchanged": 1, "rotated": 2}
+    for step, count in expected.items():
+        if step == "rotated":
+            workspace.rotate("prod/db", "rotated-pw-7", "password")
+        assert 0 == agent(workspace.config_path, "--once").wait()
+        assert count == sighup_counter.count(), step
+    assert '"app" "rotated-pw-7"\n' == out.read_text()
