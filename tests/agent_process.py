@@ -251,7 +251,8 @@ class AgentProcess:
         # id are still its own, even when it already exited.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGSTOP)
-        for pid in _descendants(proc.pid):
+        victims = _descendants(proc.pid)
+        for pid in victims:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -260,6 +261,12 @@ class AgentProcess:
             proc.wait(KILL_WAIT)
         except subprocess.TimeoutExpired:  # stuck in the kernel (D state): say so, do not hang
             raise AgentFailure(f"pid {proc.pid} still there {KILL_WAIT}s after SIGKILL") from None
+        # a SIGKILLed process dies when next scheduled: wait, so nothing of it runs on
+        deadline = time.monotonic() + KILL_WAIT
+        while (left := pids_alive(victims)) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if left:
+            raise AgentFailure(f"descendants {left} of pid {proc.pid} survived SIGKILL")
         self._join_reader()
 
     def close(self) -> None:

@@ -130,8 +130,8 @@ def test_an_early_exit_fails_the_wait_at_once_with_the_log(tmp_path: Path) -> No
     with AgentProcess(argv) as proc:
         started = time.monotonic()
         with pytest.raises(AssertionError) as failure:
-            proc.wait_for("agent.ready", timeout=1, never="there")
-        assert time.monotonic() - started < 1
+            proc.wait_for("agent.ready", timeout=30, never="there")
+        assert time.monotonic() - started < 10  # not the whole timeout
         text = str(failure.value)
         assert "exited with 2" in text
         assert '"event": "config.invalid"' in text
@@ -224,17 +224,16 @@ def test_a_stray_stderr_line_fails_at_close(tmp_path: Path) -> None:
 
 
 def test_cpu_seconds_tells_busy_from_idle(tmp_path: Path) -> None:
-    """cpu_seconds grows with a busy loop and stays near zero for a sleeping process."""
-    busy = 'log("spinning")\nend = time.monotonic() + 0.5\nwhile time.monotonic() < end: pass\n'
+    """cpu_seconds counts what a busy loop burnt and stays near zero for a waiting process."""
+    busy = "while time.process_time() < 0.5:\n    pass\nlog('spun', cpu=time.process_time())"
     with (
         AgentProcess(stand_in(tmp_path, busy, name="busy.py")) as spinner,
         AgentProcess(stand_in(tmp_path, name="idle.py")) as idler,
     ):
         idler.wait_for("agent.ready")
-        spinner.wait_for("spinning")
         idle_before = idler.cpu_seconds()
-        time.sleep(0.6)
-        assert 0.2 < spinner.cpu_seconds()
+        spun = spinner.wait_for("spun")["cpu"]
+        assert spun - 0.02 <= spinner.cpu_seconds() <= spun + 0.2  # ticks: 10 ms
         assert idler.cpu_seconds() - idle_before < 0.02
 
 
