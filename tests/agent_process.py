@@ -48,9 +48,10 @@ KILL_WAIT = 10
 """Seconds a SIGKILLed process may take to go."""
 TAIL = 40
 """Log lines shown with a failure."""
-INHERITED_OUT = ("SMAGENT_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_", "STATE_DIRECTORY")
+INHERITED_OUT = ("SMAGENT_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_")
 """Variables of the test run's own environment a child must not inherit (a test that wants
-one passes it): a run under systemd or with SMAGENT_CONFIG set must not change the agent."""
+one passes it): a run under systemd or with SMAGENT_CONFIG set must not change the agent.
+STATE_DIRECTORY is inherited: conftest sets it so no run of the suite uses /var/lib/smagent."""
 
 AgentFactory = Callable[..., "AgentProcess"]
 """The `agent` fixture's type: `agent(config, *render_args, env=, log_level=, cwd=)`."""
