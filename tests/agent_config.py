@@ -1,7 +1,7 @@
 """Configs for agent tests: a `Workspace` with what the agent needs, changed the way hosts change.
 
 `AgentWorkspace` adds to conftest's `Workspace` a short `defaults.refresh`,
-a `state_dir` in tmp_path, `metrics.textfile` on demand, providers for the
+a `state_dir` in tmp_path, `metrics_file` on demand, providers for the
 fakes (moto, the Vault fake) and on_change actions aimed at a SIGHUP
 counter's pidfile. Every file it writes while an agent may be watching
 (config, secrets, templates) is replaced by a rename, as editors and deploy
@@ -81,7 +81,7 @@ class AgentWorkspace(Workspace):
         super().__init__(root)
         self.defaults = {"refresh": refresh}
         self.state_dir: Path | None = root / "state"
-        self.metrics_textfile: Path | None = None
+        self.metrics_file: Path | None = None
         self.extra: dict[str, Any] = {}
         """More top-level keys, as they are (a test of a bad config, say)."""
 
@@ -145,8 +145,8 @@ class AgentWorkspace(Workspace):
             config["defaults"] = self.defaults
         if self.state_dir is not None:
             config["state_dir"] = str(self.state_dir)
-        if self.metrics_textfile is not None:
-            config["metrics"] = {"textfile": str(self.metrics_textfile)}
+        if self.metrics_file is not None:
+            config["metrics_file"] = str(self.metrics_file)
         config["templates"] = self.templates
         config.update(self.extra)
         return config

@@ -350,7 +350,7 @@ def test_the_agent_workspace_is_a_valid_config(tmp_path: Path) -> None:
     counter = SighupCounter(tmp_path)
     workspace.template("a.txt.j2", "{{ secrets.db.password }}\n", on_change=[hup(counter)])
     workspace.contents("out/b.env", "B={{ secrets.db.username }}\n", on_change=[hup(counter)])
-    workspace.metrics_textfile = tmp_path / "metrics" / "smagent.prom"
+    workspace.metrics_file = tmp_path / "metrics" / "smagent.prom"
     workspace.aws("aws", "http://127.0.0.1:9")
     workspace.vault("vault", "http://127.0.0.1:9", "hvs.agent-test-token")
     workspace.namespace("cloud", "aws", secret="prod/cloud", refresh="250ms")
@@ -359,7 +359,7 @@ def test_the_agent_workspace_is_a_valid_config(tmp_path: Path) -> None:
     config = load_config(workspace.config_path)
     assert 0.5 == config.defaults.refresh
     assert tmp_path / "state" == config.state_dir
-    assert workspace.metrics_textfile == config.metrics_textfile
+    assert workspace.metrics_file == config.metrics_file
     actions = {action for template in config.templates for action in template.on_change}
     assert 1 == len(actions)
     assert str(counter.pidfile) == next(iter(actions)).pidfile  # type: ignore[union-attr]
