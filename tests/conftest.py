@@ -24,7 +24,8 @@ import pytest
 import yaml
 from hypothesis import settings
 
-from tests import leaks
+from tests import agent_process, leaks
+from tests.agent_process import agent, sighup_counter  # noqa: F401 (fixtures for every test)
 
 # Property tests: no per-example deadline (2 shared cores are noisy); on CI, a fixed
 # seed, so a red run can be reproduced and a green one is not luck.
@@ -90,6 +91,10 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failure's text (exception, assertion values, captured output) is shown masked."""
     report = yield
+    if report.failed:
+        report.sections.extend(agent_process.failure_sections())
+    if report.when == "teardown":
+        agent_process.end_of_test()
     if report.failed and leaks.find_leaks(str(report.longrepr), "failure text"):
         raised = call.excinfo.value if call.excinfo is not None else None
         by_code = raised is not None and not isinstance(
