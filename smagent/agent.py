@@ -135,6 +135,13 @@ class Agent:
             self.journal = await Journal.open(self.config)
             await self.ledger.adopt(await self.journal.orphans(), self.config)
             self._sync_templates()
+            log.info(
+                "agent.started",
+                config=str(self.config.path),
+                state_dir=str(self.journal.folder.parent) if self.journal.folder else "none",
+                templates=len(self.templates),
+                providers=", ".join(sorted(self.providers)) or "none",
+            )
             self.watcher = Watcher(self._watched_paths())
             self._main = asyncio.current_task()
             self._start(self.notifier.watchdog, "watchdog")
@@ -240,15 +247,16 @@ class Agent:
         chosen = [t for t in self._managed() if t.name in names]
         if not chosen:
             return
+        started = time.time()
         result = await self.pipeline.run(
             chosen, resolver=self.cache.resolver(), journal=self.journal, ledger=self.ledger
         )
-        self._learn(result)
+        self._learn(result, started)
         if len(self.ledger):
             self._actions_wake.set()
         await self._write_status()
 
-    def _learn(self, result: PassResult) -> None:
+    def _learn(self, result: PassResult, started: float) -> None:
         """Fold a pass into the index, the schedule, the templates' health and the watcher."""
         now = time.time()
         for item in result.templates:
@@ -280,8 +288,8 @@ class Agent:
             if entry is not None and ref not in self.scheduler:
                 self.scheduler.plan(ref, entry)
         self.scheduler.forget(self.cache.retain(self.index.all_refs()))
-        if self.watcher is not None:
-            self.watcher.set_paths(self._watched_paths())
+        if self.watcher is not None:  # a file edited since the pass read it is still news
+            self.watcher.set_paths(self._watched_paths(), since=started)
 
     def _mark_dirty(self, names: Iterable[str]) -> None:
         wanted = set(names) & set(self.templates)
@@ -363,6 +371,12 @@ class Agent:
         assert self.watcher is not None
         async for changed in self.watcher.changes():
             self._on_files_changed(changed)
+        # the iteration ends only when the watcher failed: a new one, and a look at everything
+        log.error("watch.stopped", restarting_in=RESTART_DELAY)
+        await self.watcher.close()
+        self.watcher = Watcher(self._watched_paths())
+        self._mark_dirty(self.templates)
+        raise RuntimeError("the file watcher stopped")
 
     def _on_files_changed(self, changed: set[Path]) -> None:
         if self.config.path in changed:
