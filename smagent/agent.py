@@ -60,6 +60,8 @@ log = get_logger()
 
 RESTART_DELAY = 1.0
 """Seconds before one of the agent's loops is started again after an unexpected error."""
+PASS_RETRY = 10.0
+"""Seconds before the templates of a pass that crashed (our bug) are tried again."""
 WRITE_RETRY_FIRST = 1.0
 WRITE_RETRY_MAX = 60.0
 
@@ -183,7 +185,12 @@ class Agent:
             self._retry_failed_writes()
             if self._dirty and self._quiet_enough():
                 names, self._dirty = self._dirty, set()
-                await self._pass(names)
+                try:
+                    await self._pass(names)
+                except Exception as exc:  # a bug in one pass must not end months of service
+                    log.error("agent.pass_crashed", error_type=type(exc).__name__)
+                    for name in names & set(self.templates):
+                        self.templates[name].retry_at = time.monotonic() + PASS_RETRY
 
     def _request_stop(self, signum: int) -> None:
         if self._stopping:
