@@ -115,7 +115,10 @@ class Journal:
 
     def __init__(self, folder: Path | None, config_path: Path) -> None:
         self.folder = folder
-        self.config = str(config_path)
+        self.config = os.path.realpath(config_path)
+        """The config's identity in records: one file however it is named (a symlinked
+        /etc/smagent, a relative --config), so no spelling leaves a record behind."""
+        self._failing = False
 
     @classmethod
     async def open(cls, config: Config) -> Journal:
@@ -150,14 +153,44 @@ class Journal:
             time.time(),
             self.config,
         )
-        record.fd = await asyncio.to_thread(_write, record.path, record._document())
+        try:
+            record.fd = await asyncio.to_thread(_write_record, self.folder, record)
+        except (OSError, StateDirError) as exc:
+            # the folder went away or is no longer ours since it was opened: the files are
+            # still written and their actions still run now; only a crash would lose them
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "state_dir.unavailable",
+                    error=str(exc) if isinstance(exc, StateDirError) else _describe(exc),
+                    hint="actions owed when the process dies before running them will not "
+                    "be run at the next start; check the state folder",
+                )
+            return None
+        if self._failing:
+            self._failing = False
+            log.info("state_dir.recovered", path=str(self.folder.parent))
         return record
 
     async def orphans(self) -> list[Record]:
         """Claim the records of dead processes for this config (locked: now ours)."""
         if self.folder is None:
             return []
-        return await asyncio.to_thread(_claim_orphans, self.folder, self.config)
+        try:
+            return await asyncio.to_thread(_claim_orphans, self.folder, self.config)
+        except OSError as exc:
+            log.warning("pending.unreadable", path=str(self.folder), error=_describe(exc))
+            return []
+
+
+def _describe(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{':' if where else ''}{where}"
+
+
+def _write_record(folder: Path, record: Record) -> int:
+    _ensure_pending(folder.parent)  # made again if removed meanwhile; refused if not ours now
+    return _write(record.path, record._document())
 
 
 def _ensure_pending(state_dir: Path) -> Path:
@@ -334,7 +367,7 @@ class Ledger:
                 templates=", ".join(record.templates),
             )
             if dropped:
-                await asyncio.to_thread(record.settle, dropped)
+                await asyncio.to_thread(settle, record, dropped)
             if owed:
                 self.add(owed, record)
             else:
@@ -398,10 +431,16 @@ class Ledger:
         return [(describe(o.action), o) for o in self.owed.values()]
 
 
+def settle(record: Record, keys: Iterable[ActionKey]) -> None:
+    """`record.settle(keys)`, a failure only logged: the record stays on disk, and the worst
+    that comes of it is one more run of an action that already ran. Blocking."""
+    try:
+        record.settle(keys)
+    except OSError as exc:
+        log.warning("pending.settle_failed", record=record.path.name, error=_describe(exc))
+
+
 def _settle(records: Iterable[Record], key: ActionKey) -> None:
     for record in records:
         if record.fd >= 0 and key in record.keys:
-            try:
-                record.settle([key])
-            except OSError as exc:
-                log.warning("pending.settle_failed", record=record.path.name, error=exc.strerror)
+            settle(record, [key])
