@@ -132,7 +132,9 @@ async def test_a_failed_check_keeps_the_last_good_value() -> None:
     del store.errors["db"]
     look = await cache.refresh([DB])
     assert frozenset() == look.changed
-    assert (None, 0, None) == (entry.error, entry.failures, entry.failing_since)
+    assert 0 == cache.entries[DB].failures
+    assert cache.entries[DB].error is None
+    assert cache.entries[DB].failing_since is None
     assert 0 == entry.generation
 
 
