@@ -146,6 +146,8 @@ def owed_templates(root: Path) -> set[int]:
     """The templates whose action some record in the state folder still owes."""
     owed: set[int] = set()
     for path in (root / "state" / "pending").glob("*.json"):
+        if path.name.startswith("."):  # a writer killed before its rename: nothing owed yet
+            continue
         for key in json.loads(path.read_text())["actions"]:
             argv = json.loads(key)[1]
             owed.add(int(argv[4]))

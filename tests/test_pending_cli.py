@@ -300,3 +300,29 @@ def test_an_unusable_state_folder_warns_once_and_the_pass_still_writes_and_acts(
     assert "state_dir.unavailable" == warning["event"]
     assert str(state) in warning["error"]
     assert not (tmp_path / "not-this-one").exists()  # the config's state_dir wins
+
+
+def test_a_dry_run_neither_runs_nor_claims_what_is_owed(ws: Workspace, tmp_path: Path) -> None:
+    """`--dry-run` runs no action, not even one a dead process owed, and leaves its record for
+    the next real run."""
+    state = tmp_path / "state"
+    marker = tmp_path / "kill-me"
+    log = tmp_path / "actions.log"
+    ws.template(
+        "creds.j2",
+        "password={{ secrets.db.password }}\n",
+        on_change=[killer(marker), appender(log, "reloaded")],
+    )
+    set_password(ws, "first-pw-1111")
+    marker.touch()
+    assert -signal.SIGKILL == render(ws, state).returncode
+    (record,) = pending(state)
+    dry = run_cli(
+        "--config", ws.config_path, "render", "--dry-run", env={"STATE_DIRECTORY": str(state)}
+    )
+    assert 0 == dry.returncode, dry.stderr
+    assert [] == lines(log)
+    assert [record] == pending(state)
+    assert 0 == render(ws, state).returncode
+    assert ["reloaded"] == lines(log)
+    assert [] == pending(state)
