@@ -34,6 +34,7 @@ import json
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -71,32 +72,37 @@ class Record:
     templates: list[str]
     created: float
     config: str
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    """Settles run in worker threads; two actions of one record may finish together."""
 
     def settle(self, done: Iterable[ActionKey]) -> None:
         """Drop `done` from the record; remove it when nothing is owed. Blocking."""
         finished = set(done)
-        left = [key for key in self.keys if key not in finished]
-        if left == self.keys:
-            return
-        self.keys = left
-        if left:
-            fd = _write(self.path, self._document())
-            os.close(self.fd)
-            self.fd = fd
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            _fsync_folder(self.path.parent)
-            self.release()
+        with self._lock:
+            left = [key for key in self.keys if key not in finished]
+            if left == self.keys or self.fd < 0:
+                return
+            if left:
+                fd = _write(self.path, self._document(left))
+                os.close(self.fd)
+                self.fd = fd
+                self.keys = left
+            else:
+                self.keys = left
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                _fsync_folder(self.path.parent)
+                self.release()
 
     def release(self) -> None:
         """Let go of the record without removing it (what is still owed stays for the next
         start). Idempotent."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
-    def _document(self) -> bytes:
+    def _document(self, keys: list[ActionKey] | None = None) -> bytes:
         return json.dumps(
             {
                 "format": FORMAT,
@@ -104,7 +110,7 @@ class Record:
                 "pid": os.getpid(),
                 "created": self.created,
                 "templates": self.templates,
-                "actions": self.keys,
+                "actions": self.keys if keys is None else keys,
             },
             indent=1,
         ).encode()

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import structlog
 import yaml
 
 from smagent.config import Action, Config, load_config
-from smagent.pending import Journal, Ledger, key_of
+from smagent.pending import Journal, Ledger, Record, key_of
 from smagent.pipeline import Pipeline, Status
 from smagent.providers import open_providers
 from tests.conftest import REPO, flock_held
@@ -172,6 +173,31 @@ async def test_settling_some_actions_rewrites_the_record_still_locked(tmp_path: 
     record.settle([second])
     assert [] == pending_files(config)
     assert not flock_held(path)
+
+
+async def test_actions_of_one_record_settled_at_once_settle_it_whole(tmp_path: Path) -> None:
+    """Two actions of one record finishing together (their settles run in worker threads at
+    the same time) settle the record whole: nothing owed is left, no error."""
+    config = make_config(tmp_path, [[{"command": [word]} for word in ("a", "b", "c", "d")]])
+    journal = await Journal.open(config)
+    for _ in range(20):
+        record = await journal.record(actions_of(config), ["t0"])
+        assert record is not None
+        keys = list(record.keys)
+        barrier = threading.Barrier(2)
+
+        def settle_each(
+            mine: list[str], record: Record = record, barrier: threading.Barrier = barrier
+        ) -> None:
+            barrier.wait()
+            for key in mine:
+                record.settle([key])
+
+        await asyncio.gather(
+            asyncio.to_thread(settle_each, keys[:2]), asyncio.to_thread(settle_each, keys[2:])
+        )
+        assert [] == pending_files(config)
+        assert -1 == record.fd
 
 
 async def test_a_live_processes_record_is_never_claimed(tmp_path: Path) -> None:
