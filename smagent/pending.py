@@ -397,15 +397,16 @@ class Ledger:
             self._running.add(key)
             owed.again = False
             before = list(owed.records)
-            try:
+            try:  # running until settled: a pass owing it meanwhile must see it running
                 result = await run_action(owed.action)
+                results.append(result)
+                owed.attempts += 1
+                if result.ok:
+                    log.info("action.ran", action=result.action, detail=result.detail)
+                    await asyncio.to_thread(_settle, before, key)
             finally:
                 self._running.discard(key)
-            results.append(result)
-            owed.attempts += 1
             if result.ok:
-                log.info("action.ran", action=result.action, detail=result.detail)
-                await asyncio.to_thread(_settle, before, key)
                 if owed.again:  # owed again while it ran: the newer records wait for one more run
                     owed.records = [r for r in owed.records if r not in before]
                     owed.attempts = 0

@@ -466,6 +466,34 @@ async def test_an_action_owed_again_while_it_runs_runs_once_more(tmp_path: Path)
     assert 0 == len(ledger)
 
 
+async def test_an_action_owed_while_its_last_run_is_being_settled_is_not_lost(
+    tmp_path: Path,
+) -> None:
+    """A pass that owes an action in the instant after its last run ended, while that run's
+    records are being settled, keeps it owed (and its record on disk) for the next run."""
+    log = tmp_path / "runs.log"
+    config = make_config(tmp_path, [[{"command": counting_command(log, "run")}]])
+    (action,) = actions_of(config)
+    journal = await Journal.open(config)
+    ledger = Ledger()
+    ledger.add([action], await journal.record([action], ["t0"]))
+    later = await journal.record([action], ["t0"])  # the next pass's, written beforehand
+    running = asyncio.create_task(ledger.run())
+    async with asyncio.timeout(10):
+        while not runs(log):  # the command is running (or has just run)
+            await asyncio.sleep(0)
+        while ledger.owed and not ledger.due(time.monotonic()):
+            await asyncio.sleep(0)  # owed, not due: still running or being settled
+    ledger.add([action], later)  # at once, in the same turn of the loop
+    await running
+    assert later is not None
+    assert [later.path] == pending_files(config)
+    assert [key_of(action)] == ledger.due(time.monotonic())
+    await ledger.run()
+    assert ["run", "run"] == runs(log)
+    assert [] == pending_files(config)
+
+
 async def test_release_leaves_what_is_owed_for_the_next_start(tmp_path: Path) -> None:
     """At exit, owed actions stay on disk, unlocked: the next start claims them."""
     config = make_config(tmp_path, [[{"command": ["false"]}]])
