@@ -549,3 +549,34 @@ async def test_a_state_dir_lost_mid_run_still_writes_and_acts(tmp_path: Path) ->
     assert ["ran"] == runs(log)
     warnings = [e["event"] for e in events if e["log_level"] == "warning"]
     assert ["state_dir.unavailable"] == warnings
+
+
+async def test_a_pass_that_changes_nothing_owes_nothing(tmp_path: Path) -> None:
+    """A second pass over unchanged files writes no record and runs no action."""
+    log = tmp_path / "runs.log"
+    config = make_config(tmp_path, [[{"command": counting_command(log, "ran")}]])
+    journal = await Journal.open(config)
+    async with open_providers(config.providers) as providers:
+        pipeline = Pipeline(config, providers)
+        await pipeline.run(journal=journal, ledger=Ledger())
+        assert journal.folder is not None
+        before = os.stat(journal.folder).st_mtime_ns
+        result = await pipeline.run(journal=journal, ledger=Ledger())
+    assert [Status.UNCHANGED] == [t.status for t in result.templates]
+    assert result.record is None
+    assert ["ran"] == runs(log)
+    assert before == os.stat(journal.folder).st_mtime_ns  # not even written and removed
+
+
+async def test_a_record_owed_by_a_write_that_failed_is_settled(tmp_path: Path) -> None:
+    """A file that was going to change but could not be written owes no action: its record is
+    settled at the end of the pass, and the action does not run."""
+    log = tmp_path / "runs.log"
+    config = make_config(tmp_path, [[{"command": counting_command(log, "ran")}]])
+    (tmp_path / "out").write_text("a file where the folder should be")
+    journal = await Journal.open(config)
+    async with open_providers(config.providers) as providers:
+        result = await Pipeline(config, providers).run(journal=journal, ledger=Ledger())
+    assert [Status.FAILED] == [t.status for t in result.templates]
+    assert [] == runs(log)
+    assert [] == pending_files(config)
