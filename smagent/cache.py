@@ -35,7 +35,6 @@ from smagent.providers.base import (
     RefreshResult,
     SecretValue,
     Throttled,
-    Unavailable,
     Unchanged,
 )
 from smagent.references import SecretRef
@@ -100,7 +99,10 @@ class SecretCache:
     fetcher: Fetcher
     entries: dict[SecretRef, Entry] = field(default_factory=dict)
     stats: dict[str, ProviderStats] = field(default_factory=dict)
-    _inflight: dict[SecretRef, asyncio.Future[FetchResult]] = field(default_factory=dict)
+    _inflight: dict[SecretRef, asyncio.Future[FetchResult | None]] = field(default_factory=dict)
+    """Fetches under way; a future's None says its leader was cancelled: ask again."""
+    _epochs: dict[str, int] = field(default_factory=dict)
+    """Per provider, bumped when it is dropped: an answer that left before is not kept."""
     fetch_count: int = 0
     """Refs sent to the stores by passes (not by checks), for `pass.finished`."""
     _previous: dict[SecretRef, SecretValue] = field(default_factory=dict)
@@ -129,7 +131,7 @@ class SecretCache:
     ) -> Mapping[SecretRef, FetchResult]:
         """Known refs from memory; unknown ones fetched once, however many ask at once."""
         out: dict[SecretRef, FetchResult] = {}
-        waiting: dict[SecretRef, asyncio.Future[FetchResult]] = {}
+        waiting: dict[SecretRef, asyncio.Future[FetchResult | None]] = {}
         mine: list[SecretRef] = []
         for ref in refs:
             entry = self.entries.get(ref)
@@ -141,8 +143,15 @@ class SecretCache:
                 mine.append(ref)
         if mine:
             out.update(await self._fetch_new(name, mine, deadline))
+        orphaned: list[SecretRef] = []
         for ref, future in waiting.items():
-            out[ref] = await asyncio.shield(future)
+            result = await asyncio.shield(future)
+            if result is None:  # its leader was cancelled, this pass was not: ask ourselves
+                orphaned.append(ref)
+            else:
+                out[ref] = result
+        if orphaned:
+            out.update(await self.get(name, orphaned, deadline))
         return out
 
     async def _fetch_new(
@@ -150,21 +159,28 @@ class SecretCache:
     ) -> dict[SecretRef, FetchResult]:
         loop = asyncio.get_running_loop()
         self.fetch_count += len(refs)
-        futures = {ref: loop.create_future() for ref in refs}
+        futures: dict[SecretRef, asyncio.Future[FetchResult | None]] = {
+            ref: loop.create_future() for ref in refs
+        }
         self._inflight.update(futures)
+        epoch = self._epochs.get(name, 0)
         found: dict[SecretRef, FetchResult] = {}
         try:
             found = await self.fetcher.fetch(name, refs, deadline)
         finally:
+            current = epoch == self._epochs.get(name, 0)
             for ref, future in futures.items():
-                del self._inflight[ref]
+                if self._inflight.get(ref) is future:
+                    del self._inflight[ref]
                 result = found.get(ref)
-                if result is None:  # we were cancelled: whoever waits must not hang
-                    result = Unavailable(ref, "the fetch was cancelled")
-                else:
-                    self._store_first(ref, result)
-                future.set_result(result)
-        self._count(name, found.values())
+                if result is not None:
+                    if current:
+                        self._store_first(ref, result)
+                    elif isinstance(result, SecretValue):  # the provider was dropped meanwhile
+                        self.redactor.retire(result.reveal())
+                future.set_result(result)  # None (we were cancelled): whoever waits asks again
+        if current:
+            self._count(name, found.values())
         return found
 
     def _store_first(self, ref: SecretRef, result: FetchResult) -> None:
@@ -195,12 +211,21 @@ class SecretCache:
         if not known and not missing:
             return Look()
         deadline = asyncio.get_running_loop().time() + self.fetcher.timeout
+        epochs = {name: self._epochs.get(name, 0) for name in known.keys() | missing.keys()}
         calls = [self._check(name, values, deadline) for name, values in known.items()]
         calls += [self._retry(name, batch, deadline) for name, batch in missing.items()]
         answers: dict[SecretRef, RefreshResult] = {}
         for found in await asyncio.gather(*calls):
             answers.update(found)
-        changed = {ref for ref, result in answers.items() if self._apply(ref, result)}
+        changed: set[SecretRef] = set()
+        for ref, result in answers.items():
+            if epochs[ref.provider] != self._epochs.get(ref.provider, 0):
+                # its provider was dropped (reloaded) meanwhile: the old instance's answer
+                # must not overwrite what the new one says
+                if isinstance(result, SecretValue):
+                    self.redactor.retire(result.reveal())
+            elif self._apply(ref, result):
+                changed.add(ref)
         return Look(frozenset(changed), frozenset(answers))
 
     async def _check(
@@ -307,6 +332,9 @@ class SecretCache:
         dropped = {ref for ref in self.entries if ref.provider == name}
         self._drop(dropped)
         self.stats.pop(name, None)
+        self._epochs[name] = self._epochs.get(name, 0) + 1
+        for ref in [ref for ref in self._inflight if ref.provider == name]:
+            del self._inflight[ref]  # a later ask goes to the provider now configured
         return dropped
 
     def _drop(self, refs: Iterable[SecretRef]) -> None:

@@ -34,6 +34,7 @@ import json
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -71,32 +72,37 @@ class Record:
     templates: list[str]
     created: float
     config: str
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    """Settles run in worker threads; two actions of one record may finish together."""
 
     def settle(self, done: Iterable[ActionKey]) -> None:
         """Drop `done` from the record; remove it when nothing is owed. Blocking."""
         finished = set(done)
-        left = [key for key in self.keys if key not in finished]
-        if left == self.keys:
-            return
-        self.keys = left
-        if left:
-            fd = _write(self.path, self._document())
-            os.close(self.fd)
-            self.fd = fd
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            _fsync_folder(self.path.parent)
-            self.release()
+        with self._lock:
+            left = [key for key in self.keys if key not in finished]
+            if left == self.keys or self.fd < 0:
+                return
+            if left:
+                fd = _write(self.path, self._document(left))
+                os.close(self.fd)
+                self.fd = fd
+                self.keys = left
+            else:
+                self.keys = left
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                _fsync_folder(self.path.parent)
+                self.release()
 
     def release(self) -> None:
         """Let go of the record without removing it (what is still owed stays for the next
         start). Idempotent."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
-    def _document(self) -> bytes:
+    def _document(self, keys: list[ActionKey] | None = None) -> bytes:
         return json.dumps(
             {
                 "format": FORMAT,
@@ -104,7 +110,7 @@ class Record:
                 "pid": os.getpid(),
                 "created": self.created,
                 "templates": self.templates,
-                "actions": self.keys,
+                "actions": self.keys if keys is None else keys,
             },
             indent=1,
         ).encode()
@@ -115,7 +121,10 @@ class Journal:
 
     def __init__(self, folder: Path | None, config_path: Path) -> None:
         self.folder = folder
-        self.config = str(config_path)
+        self.config = os.path.realpath(config_path)
+        """The config's identity in records: one file however it is named (a symlinked
+        /etc/smagent, a relative --config), so no spelling leaves a record behind."""
+        self._failing = False
 
     @classmethod
     async def open(cls, config: Config) -> Journal:
@@ -150,14 +159,44 @@ class Journal:
             time.time(),
             self.config,
         )
-        record.fd = await asyncio.to_thread(_write, record.path, record._document())
+        try:
+            record.fd = await asyncio.to_thread(_write_record, self.folder, record)
+        except (OSError, StateDirError) as exc:
+            # the folder went away or is no longer ours since it was opened: the files are
+            # still written and their actions still run now; only a crash would lose them
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "state_dir.unavailable",
+                    error=str(exc) if isinstance(exc, StateDirError) else _describe(exc),
+                    hint="actions owed when the process dies before running them will not "
+                    "be run at the next start; check the state folder",
+                )
+            return None
+        if self._failing:
+            self._failing = False
+            log.info("state_dir.recovered", path=str(self.folder.parent))
         return record
 
     async def orphans(self) -> list[Record]:
         """Claim the records of dead processes for this config (locked: now ours)."""
         if self.folder is None:
             return []
-        return await asyncio.to_thread(_claim_orphans, self.folder, self.config)
+        try:
+            return await asyncio.to_thread(_claim_orphans, self.folder, self.config)
+        except OSError as exc:
+            log.warning("pending.unreadable", path=str(self.folder), error=_describe(exc))
+            return []
+
+
+def _describe(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{':' if where else ''}{where}"
+
+
+def _write_record(folder: Path, record: Record) -> int:
+    _ensure_pending(folder.parent)  # made again if removed meanwhile; refused if not ours now
+    return _write(record.path, record._document())
 
 
 def _ensure_pending(state_dir: Path) -> Path:
@@ -334,7 +373,7 @@ class Ledger:
                 templates=", ".join(record.templates),
             )
             if dropped:
-                await asyncio.to_thread(record.settle, dropped)
+                await asyncio.to_thread(settle, record, dropped)
             if owed:
                 self.add(owed, record)
             else:
@@ -358,15 +397,16 @@ class Ledger:
             self._running.add(key)
             owed.again = False
             before = list(owed.records)
-            try:
+            try:  # running until settled: a pass owing it meanwhile must see it running
                 result = await run_action(owed.action)
+                results.append(result)
+                owed.attempts += 1
+                if result.ok:
+                    log.info("action.ran", action=result.action, detail=result.detail)
+                    await asyncio.to_thread(_settle, before, key)
             finally:
                 self._running.discard(key)
-            results.append(result)
-            owed.attempts += 1
             if result.ok:
-                log.info("action.ran", action=result.action, detail=result.detail)
-                await asyncio.to_thread(_settle, before, key)
                 if owed.again:  # owed again while it ran: the newer records wait for one more run
                     owed.records = [r for r in owed.records if r not in before]
                     owed.attempts = 0
@@ -398,10 +438,16 @@ class Ledger:
         return [(describe(o.action), o) for o in self.owed.values()]
 
 
+def settle(record: Record, keys: Iterable[ActionKey]) -> None:
+    """`record.settle(keys)`, a failure only logged: the record stays on disk, and the worst
+    that comes of it is one more run of an action that already ran. Blocking."""
+    try:
+        record.settle(keys)
+    except OSError as exc:
+        log.warning("pending.settle_failed", record=record.path.name, error=_describe(exc))
+
+
 def _settle(records: Iterable[Record], key: ActionKey) -> None:
     for record in records:
         if record.fd >= 0 and key in record.keys:
-            try:
-                record.settle([key])
-            except OSError as exc:
-                log.warning("pending.settle_failed", record=record.path.name, error=exc.strerror)
+            settle(record, [key])

@@ -191,11 +191,11 @@ class Pipeline:
         changed = [t for t in result.templates if t.status is Status.WRITTEN]
         result.due = coalesce(a for t in changed for a in t.template.on_change)
         if result.record is not None:  # recorded but owed by no file written after all
-            from smagent.pending import key_of
+            from smagent.pending import key_of, settle
 
             due = {key_of(action) for action in result.due}
             unowed = [key for key in result.record.keys if key not in due]
-            await asyncio.to_thread(result.record.settle, unowed)
+            await asyncio.to_thread(settle, result.record, unowed)
         if ledger is None:
             from smagent.pending import Ledger
 

@@ -9,7 +9,9 @@ write.
 
 Anything in this folder can make the agent act (run a configured action),
 so it must be ours and closed to others: it is created 0700, and a folder
-that another user owns or may write to is refused rather than trusted.
+that another user owns or may write to is refused rather than trusted. A
+symlink to it is followed only when root or this user made it (systemd's
+`DynamicUser=` links /var/lib/NAME to /var/lib/private/NAME).
 """
 
 from __future__ import annotations
@@ -46,9 +48,16 @@ def ensure_state_dir(path: Path) -> Path:
     """Create `path` (0700) if needed and check that it is ours alone; blocking."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.stat(path, follow_symlinks=False)
+        link = os.stat(path, follow_symlinks=False)
+        st = os.stat(path)
     except OSError as exc:
         raise StateDirError(f"state_dir {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.geteuid()):
+        # systemd's DynamicUser= makes the state folder a symlink (root's) into
+        # /var/lib/private; one another user made may lead anywhere that user likes
+        raise StateDirError(
+            f"state_dir {path}: a symlink owned by uid {link.st_uid}, not by root or this user"
+        )
     if not stat.S_ISDIR(st.st_mode):
         raise StateDirError(f"state_dir {path}: not a folder")
     if st.st_uid != os.geteuid():

@@ -15,11 +15,9 @@ reused pid) and reports whether the kill landed or the pass had finished.
 Trials: 200 by default (~20 s); `SMAGENT_CRASH_TRIALS=5000` for a long run,
 `SMAGENT_CRASH_SEED` to replay one. `pytest -s` prints the figures.
 
-TODO(agent issue, "no action lost"): when durable pending actions land
-(SPEC section 6, `state_dir`), give these templates an on_change command that
-appends to a journal, and after each kill assert that every file whose content
-changed since the last completed pass has its action pending in `state_dir`,
-and that the next start runs each pending action exactly once.
+That no action is lost under the same kills (every file replaced has its
+action owed in `state_dir`, and the next start runs it) is the suite in
+tests/test_crash_actions.py.
 """
 
 from __future__ import annotations
