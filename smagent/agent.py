@@ -173,8 +173,9 @@ class Agent:
 
     async def _loop(self) -> None:
         while True:
-            timeout = self._until_next()
             self._wake.clear()
+            # a reload asked for while a pass ran set the wake-up cleared just now: not lost
+            timeout = 0.0 if self._reload_wanted else self._until_next()
             if timeout is None or timeout > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
