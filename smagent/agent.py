@@ -445,6 +445,14 @@ class Agent:
             self._reject([f"{self.config.path}: {exc.strerror or exc}"])
             return
         old = self.config
+        if old.templates and not new.templates:  # a file emptied or cut short by a bad write
+            self._reject(
+                [
+                    f"{new.path}: no templates in the new configuration (an empty or truncated "
+                    "file?); to manage no files, stop the service"
+                ]
+            )
+            return
         changed = {
             name
             for name in set(old.providers) | set(new.providers)
