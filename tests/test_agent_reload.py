@@ -12,7 +12,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -62,10 +66,17 @@ def wait_status(
     ws: AgentWorkspace, check: Callable[[health.AgentStatus], bool], timeout: float = 10
 ) -> health.AgentStatus:
     """The agent's status.json once `check` holds for it (it is rewritten after each pass)."""
+    assert ws.state_dir is not None
+    return wait_status_in(ws.state_dir, check, timeout)
+
+
+def wait_status_in(
+    folder: Path, check: Callable[[health.AgentStatus], bool], timeout: float = 10
+) -> health.AgentStatus:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            status = read_status(ws)
+            status = health.AgentStatus.from_json((folder / "status.json").read_bytes())
         except (OSError, ValueError):
             status = None
         if status is not None and check(status):
@@ -288,6 +299,56 @@ def test_an_invalid_config_keeps_the_old_one_running_until_fixed(
     proc.wait_for("config.reloaded")
     assert None is wait_status(ws, lambda s: s.config_error is None).config_error
     assert 2 == sighup_counter.count()
+
+
+BAD_CONFIGS: dict[str, Callable[[Path, str], None]] = {
+    "invalid YAML": lambda path, good: replace_file(path, good + "templates: [\n", 0o644),
+    "unknown key": lambda path, good: replace_file(path, good + "templatez: []\n", 0o644),
+    "unknown provider": lambda path, good: replace_file(
+        path, good.replace("provider: local", "provider: nope"), 0o644
+    ),
+    "template file missing": lambda path, good: replace_file(
+        path, good.replace("templates/a.txt.j2", "templates/gone.j2"), 0o644
+    ),
+    "empty file": lambda path, good: replace_file(path, "", 0o644),
+    "truncated in place": lambda path, good: in_place(path, ""),
+    "file removed": lambda path, good: path.unlink(),
+}
+"""How a config goes bad on a host, each with what the agent must name."""
+BAD_CONFIG_WORDS = {
+    "invalid YAML": "invalid YAML",
+    "unknown key": "templatez",
+    "unknown provider": "namespaces.db.provider",
+    "template file missing": "gone.j2",
+    "empty file": "no templates",
+    "truncated in place": "no templates",
+    "file removed": "not found",
+}
+
+
+def test_every_kind_of_bad_config_is_rejected_and_the_old_one_kept(
+    agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Bad YAML, a schema error, a missing template, an emptied or removed file: each is
+    reported naming the file and the problem, the running config stays, and the good file
+    put back is taken (no restart between them)."""
+    ws = workspace(tmp_path)
+    out = ws.template("a.txt.j2", "a={{ secrets.db.password }}\n")
+    ws.write()
+    good = ws.config_path.read_text()
+    proc = agent(ws.config_path)
+    proc.wait_for("agent.ready")
+    for kind, spoil in BAD_CONFIGS.items():
+        mark = proc.mark()
+        spoil(ws.config_path, good)
+        invalid = proc.wait_for("config.invalid")
+        assert str(ws.config_path) in invalid["error"], kind
+        assert BAD_CONFIG_WORDS[kind] in invalid["error"], kind
+        assert [] == proc.events("config.reloaded", since=mark), kind
+        rename_over(ws.config_path, good)
+        assert "none" == proc.wait_for("config.reloaded")["templates_dropped"], kind
+    ws.rotate("prod/db", "still-managed", "password")
+    wait_text(proc, out, "a=still-managed\n")
 
 
 def test_sighup_reloads_and_unchanged_providers_keep_their_session(
@@ -556,3 +617,152 @@ def test_the_metrics_file_is_written_and_moves_on_a_rotation(
     assert later is not None
     assert later > written
     assert fetches < (metric(textfile, "smagent_provider_fetches_total", provider="local") or 0)
+
+
+# --- under the conditions of the real systemd unit -------------------------------------------
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "smagent.service"
+STAND_IN_UID = 65534
+"""`nobody` stands in for the unit's own `smagent` user (a test adds no user to the host)."""
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """The [Service] settings of a unit file: each key with its values in order."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]":
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def can_sandbox() -> str | None:
+    """Why the unit's conditions cannot be built here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (to drop to another user with capabilities)"
+    for tool in ("unshare", "setpriv", "env", "mount"):
+        if shutil.which(tool) is None:
+            return f"no {tool}"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "mount", "-o", "remount,bind,ro", "/"],
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return "no mount namespace here"
+    return None
+
+
+def test_the_agent_runs_under_the_units_conditions(
+    tmp_path: Path, sighup_counter: SighupCounter
+) -> None:
+    """As systemd runs the unit (without systemd): its ExecStart as an unprivileged user with
+    only the unit's ambient capabilities, NoNewPrivileges, its UMask, a read-only root except
+    the destinations and StateDirectory=, a minimal environment, cwd /, NOTIFY_SOCKET and
+    WATCHDOG_USEC: READY=1 from the main pid, the file written with its owner and mode, the
+    service (another user's process) signalled, a rotation, a reload and a clean stop."""
+    why = can_sandbox()
+    if why is not None:
+        pytest.skip(why)
+    unit = unit_settings(UNIT)
+    exec_start = shlex.split(unit["ExecStart"][0])
+    smagent = Path(sys.executable).parent / "smagent"
+    if not smagent.exists():
+        pytest.skip(f"no {smagent} (the suite runs outside the project's venv)")
+    caps = ",".join(
+        f"+{cap.removeprefix('CAP_').lower()}"
+        for value in unit["AmbientCapabilities"]
+        for cap in value.split()
+    )
+    assert ["yes"] == unit["NoNewPrivileges"]
+    assert ["strict"] == unit["ProtectSystem"]
+
+    tmp_path.chmod(0o755)
+    ws = workspace(tmp_path)
+    ws.state_dir = None  # StateDirectory= decides, as in the unit
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, STAND_IN_UID, STAND_IN_UID)
+    textfile = ws.metrics_file = tmp_path / "metrics" / "smagent.prom"
+    textfile.parent.mkdir()
+    (tmp_path / "out").mkdir()
+    out = ws.template(
+        "userlist.txt.j2",
+        '"app" "{{ secrets.db.password }}"\n',
+        owner="postgres",
+        group="postgres",
+        mode="0640",
+        on_change=[hup(sighup_counter)],
+    )
+    ws.write()
+    argv = [str(smagent), *exec_start[1:]]
+    argv[argv.index("--config") + 1] = str(ws.config_path)
+    writable = [tmp_path / "out", state, textfile.parent]
+
+    with NotifyListener(tmp_path) as listener:
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin",
+            "HOME": "/nonexistent",
+            "USER": "nobody",
+            "LOGNAME": "nobody",
+            "LANG": "C.UTF-8",
+            "STATE_DIRECTORY": str(state),
+            "NOTIFY_SOCKET": listener.path,
+            "WATCHDOG_USEC": "400000",  # the unit's 30 s would make a slow test
+        }
+        drop = [
+            "setpriv",
+            f"--reuid={STAND_IN_UID}",
+            f"--regid={STAND_IN_UID}",
+            "--clear-groups",
+            "--no-new-privs",
+            f"--inh-caps=-all,{caps}",
+            f"--ambient-caps=-all,{caps}",
+            f"--bounding-set=-all,{caps}",
+        ]
+        command = " ".join(
+            shlex.quote(a) for a in ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
+        )
+        command += " " + " ".join(shlex.quote(a) for a in [*drop, *argv])
+        # ProtectSystem=strict with ReadWritePaths=: each writable folder bound onto itself,
+        # then the root made read-only; the shell then becomes the agent (one pid throughout)
+        script = (
+            'set -e; for p in "$@"; do mount --bind "$p" "$p"; done; '
+            f"mount -o remount,bind,ro /; umask {unit['UMask'][0]}; exec {command}"
+        )
+        sandboxed = [
+            "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", script, "sh", *map(str, writable),
+        ]  # fmt: skip
+        with AgentProcess(sandboxed, cwd=Path("/")) as proc:
+            ready = listener.wait_for("READY", "1", timeout=20)
+            assert "1 of 1 files current" == ready["STATUS"]
+            assert {proc.pid} == {m.pid for m in listener.records()}  # NotifyAccess=main
+            assert f'"app" "{CANARY}"\n' == out.read_text()
+            info = out.stat()
+            assert ("postgres", 0o640) == (pwd.getpwuid(info.st_uid).pw_name, info.st_mode & 0o777)
+            assert 1 == sighup_counter.count()
+            listener.wait_count("WATCHDOG", 2)
+            status = wait_status_in(state, lambda s: s.ready)
+            assert proc.pid == status.pid
+            assert STAND_IN_UID == (state / "status.json").stat().st_uid
+
+            ws.rotate("prod/db", "rotated-in-the-sandbox", "password")
+            wait_text(proc, out, '"app" "rotated-in-the-sandbox"\n')
+            sighup_counter.wait_count(2)
+            since = time.monotonic()
+            proc.send(signal.SIGHUP)
+            proc.wait_for("config.reloaded")
+            listener.wait_for("READY", "1", since=since)
+            wait_metric(textfile, "smagent_template_renders_total", lambda v: v >= 2)
+            assert 0 == proc.stop()
+            listener.wait_for("STOPPING", "1")
+            trouble = [e for e in proc.all_events() if e.get("level") in ("warning", "error")]
+            assert [] == trouble
+        assert 2 == sighup_counter.count()
