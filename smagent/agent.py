@@ -173,8 +173,9 @@ class Agent:
 
     async def _loop(self) -> None:
         while True:
-            timeout = self._until_next()
             self._wake.clear()
+            # a reload asked for while a pass ran set the wake-up cleared just now: not lost
+            timeout = 0.0 if self._reload_wanted else self._until_next()
             if timeout is None or timeout > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
@@ -444,6 +445,14 @@ class Agent:
             self._reject([f"{self.config.path}: {exc.strerror or exc}"])
             return
         old = self.config
+        if old.templates and not new.templates:  # a file emptied or cut short by a bad write
+            self._reject(
+                [
+                    f"{new.path}: no templates in the new configuration (an empty or truncated "
+                    "file?); to manage no files, stop the service"
+                ]
+            )
+            return
         changed = {
             name
             for name in set(old.providers) | set(new.providers)
