@@ -55,6 +55,7 @@ from smagent.references import SecretRef
 from smagent.scheduler import Scheduler
 from smagent.state import STATUS_FILE, StateDirError, ensure_state_dir, state_dir_for
 from smagent.watch import Watcher
+from smagent.writer import WriteError
 
 log = get_logger()
 
@@ -124,6 +125,7 @@ class Agent:
         self._main: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._status_lock = asyncio.Lock()
+        self._write_errors: dict[str, str] = {}
 
     # --- life ------------------------------------------------------------------------------
 
@@ -626,28 +628,43 @@ class Agent:
             pending_actions=pending,
         )
 
+    async def _write_one(
+        self,
+        what: str,
+        path: Path,
+        write: Callable[[Path, health.AgentStatus], None],
+        status: health.AgentStatus,
+    ) -> None:
+        """One of the two files; a failure is logged when it starts or its reason changes,
+        and its end once, not at every pass and heartbeat."""
+        try:
+            await asyncio.to_thread(write, path, status)
+        except (OSError, ValueError, StateDirError, WriteError) as exc:
+            reason = str(exc)
+            if self._write_errors.get(what) != reason:
+                self._write_errors[what] = reason
+                log.warning("status.write_failed", file=what, path=str(path), error=reason)
+            return
+        if self._write_errors.pop(what, None) is not None:
+            log.info("status.write_recovered", file=what, path=str(path))
+
     async def _write_status(self, *, stopped: bool = False) -> None:
         """status.json in the state folder and the metrics textfile; a failure is logged."""
         async with self._status_lock:
             status = self.snapshot(stopped=stopped)
             folder = self.journal.folder.parent if self.journal.folder is not None else None
             textfile = self.config.metrics_file
-            try:
-                await asyncio.to_thread(_write_status_files, status, folder, textfile)
-            except (OSError, ValueError, StateDirError) as exc:
-                log.warning("status.write_failed", error=str(exc))
+            if folder is not None:
+                await self._write_one("status", folder / STATUS_FILE, _write_status, status)
+            if textfile is not None:
+                await self._write_one("metrics", textfile, metrics.write_metrics, status)
             if self.ready and not stopped:
                 self.notifier.status(self._summary())
 
 
-def _write_status_files(
-    status: health.AgentStatus, folder: Path | None, textfile: Path | None
-) -> None:
-    if folder is not None:
-        ensure_state_dir(folder)
-        health.write_status(folder / STATUS_FILE, status)
-    if textfile is not None:
-        metrics.write_metrics(textfile, status)
+def _write_status(path: Path, status: health.AgentStatus) -> None:
+    ensure_state_dir(path.parent)
+    health.write_status(path, status)
 
 
 async def _open_all(configs: Mapping[str, ProviderConfig]) -> dict[str, Provider]:

@@ -623,6 +623,36 @@ def test_the_metrics_file_is_written_and_moves_on_a_rotation(
     assert fetches < (metric(textfile, "smagent_provider_fetches_total", provider="local") or 0)
 
 
+def test_a_metrics_file_that_cannot_be_written_is_told_once_and_its_recovery_once(
+    agent: AgentFactory, tmp_path: Path
+) -> None:
+    """A metrics "folder" that is a file gives one status.write_failed however many passes
+    fail, status.json is still written, and the fix gives one status.write_recovered."""
+    ws = workspace(tmp_path)
+    textfile = ws.metrics_file = tmp_path / "metrics" / "smagent.prom"
+    textfile.parent.write_text("not a folder\n")
+    ws.template("a.txt.j2", "{{ secrets.db.password }}\n")
+    ws.write()
+    proc = agent(ws.config_path)
+    start = proc.mark()
+    proc.wait_for("agent.ready")
+    for n in range(3):
+        ws.rotate("prod/db", f"rotated-{n}-while-broken", "password")
+        proc.wait_for("template.rendered", template="a.txt.j2")
+    proc.wait_for("pass.finished")
+    assert 1 == len(proc.events("status.write_failed", since=start))
+    assert {"file": "metrics", "path": str(textfile)}.items() <= proc.events(
+        "status.write_failed", since=start
+    )[0].items()
+    assert (ws.state_dir / "status.json").exists()
+    textfile.parent.unlink()
+    textfile.parent.mkdir()
+    ws.rotate("prod/db", "rotated-after-the-fix", "password")
+    proc.wait_for("status.write_recovered", file="metrics")
+    assert textfile.exists()
+    assert 1 == len(proc.events("status.write_failed", since=start))
+
+
 # --- under the conditions of the real systemd unit -------------------------------------------
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "smagent.service"
