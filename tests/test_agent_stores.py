@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
-import signal
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ import pytest
 
 from tests import leaks
 from tests.agent_config import AWS_ENV, AgentWorkspace, hup
-from tests.agent_process import AgentFactory, AgentProcess
+from tests.agent_process import AgentFactory, AgentProcess, Mark
 from tests.fakes.keyvault import KeyVaultFake, running_vault
 from tests.fakes.moto_server import REGION, MotoFake, shared_moto
 from tests.fakes.vault import VaultFake, running
@@ -506,3 +507,91 @@ def azure_provider(kv: KeyVaultFake, secret_file: Path) -> dict[str, Any]:
         "ca_cert": str(kv.ca_path),
         "verify_challenge_resource": False,
     }
+
+
+# --- outages ------------------------------------------------------------------------------------
+
+
+def report_outage(
+    name: str,
+    process: AgentProcess,
+    store: Gate,
+    mark: Mark,
+    up: tuple[float, float],
+    down: tuple[float, float],
+) -> None:
+    """Requests at the store's port while it was up and while it was down: only the first
+    look of the outage retries (briefly); each later look is one probe, and looks come no
+    faster than the refresh (the backoff is capped at it)."""
+    while_up = [t for t in store.connections() if up[0] <= t < up[1]]
+    while_down = [t for t in store.connections(mode="down") if down[0] <= t < down[1]]
+    looks = [
+        logged_at(e)
+        for e in process.events("provider.refreshed", since=mark, provider=name)
+        if down[0] <= e.at < down[1]
+    ]
+    gaps = [b - a for a, b in itertools.pairwise(looks)]
+    print(
+        f"{name}: up {len(while_up) / (up[1] - up[0]):.1f} requests/s; down "
+        f"{len(while_down) / (down[1] - down[0]):.1f}/s over {down[1] - down[0]:.1f} s: "
+        f"{len(while_down)} requests in {len(looks)} looks, gaps {min(gaps):.2f}-"
+        f"{max(gaps):.2f} s"
+    )
+    assert len(looks) >= 4
+    assert len(while_down) <= len(looks) + 4  # retries within the first look only
+    assert min(gaps[1:]) >= 0.8 * REFRESH  # after the first retry, the refresh's pace
+
+
+def logged_at(event: dict[str, Any]) -> float:
+    """The agent's own time of a log line (seconds since the epoch)."""
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def test_aws_outage_keeps_files_logs_once_and_recovers_with_the_rotation_made_meanwhile(
+    agent: AgentFactory,
+    tmp_path: Path,
+    moto: MotoFake,
+    aws_gate: Gate,
+    sighup_counter: SighupCounter,
+) -> None:
+    """AWS down for several refresh cycles: file unchanged, no signal, agent alive, one
+    `provider.unavailable`, status.json says unavailable; a rotation made meanwhile arrives
+    after it returns, with one `provider.recovered` and one SIGHUP."""
+    client = aws_client(moto)
+    client.create_secret(Name="prod/db", SecretString=json.dumps({"password": AWS_ONE}))
+    ws, out = aws_workspace(tmp_path, aws_gate.url, sighup_counter)
+    process = agent(ws.config_path, env=AWS, log_level="debug")
+    process.wait_for("agent.ready")
+    sighup_counter.wait_count(1)
+    cycles(process, 2, provider="aws")
+    up_start = time.monotonic()
+    cycles(process, 5, provider="aws")
+    up_end = time.monotonic()
+    stamp = out.stat().st_mtime_ns
+
+    mark = process.mark()
+    aws_gate.set("down")
+    down_at = time.monotonic()
+    process.wait_for("provider.unavailable", provider="aws")
+    client.put_secret_value(SecretId="prod/db", SecretString=json.dumps({"password": AWS_THREE}))
+    cycles(process, 6, provider="aws")
+    wait_until(lambda: provider_state(ws, "aws") == "unavailable", 2, "status.json: unavailable")
+    up_again = time.monotonic()
+    assert process.alive()
+    assert stamp == out.stat().st_mtime_ns
+    assert f"pw={AWS_ONE}\n" == read(out)
+    assert 1 == sighup_counter.count()
+    assert 1 == len(process.events("provider.unavailable", since=mark))
+    assert [] == process.events("template.rendered", since=mark)
+    assert [] == process.events("template.failed", since=mark)
+
+    aws_gate.set("open")
+    process.wait_for("provider.recovered", provider="aws")
+    wait_until(lambda: read(out) == f"pw={AWS_THREE}\n", REFRESH + SETTLE, "rotation after")
+    sighup_counter.wait_count(2, timeout=SETTLE)
+    wait_until(lambda: provider_state(ws, "aws") == "ok", 2, "status.json: ok again")
+    cycles(process, 2, provider="aws")
+    assert 1 == len(process.events("provider.unavailable", since=mark))
+    assert 1 == len(process.events("provider.recovered", since=mark))
+    assert 2 == sighup_counter.count()
+    report_outage("aws", process, aws_gate, mark, (up_start, up_end), (down_at, up_again))
