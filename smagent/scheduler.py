@@ -6,12 +6,9 @@ hosts started together does not check together, and brought forward to the
 store's own date (`check_after`: a known rotation date). A secret with a lease
 is on the lease's clock alone (`check_after`: renewal at 2/3 of its TTL),
 however short `refresh` is: each check of it is a renewal, a write at the store.
-A secret whose last look failed for a transient reason is looked at again
-sooner, with exponential backoff (from `FIRST_BACKOFF`, jittered) capped at
-its refresh when the templates still have its last good value (an outage or a
-throttling storm never makes the agent ask more often than it does when all
-is well), or at the smaller of its refresh and `MAX_BACKOFF` when they have
-none yet; never sooner than a throttling store's Retry-After.
+A secret whose last look failed is looked at again sooner, with exponential
+backoff capped at the smaller of its refresh and `MAX_BACKOFF`, and never
+sooner than a throttling store's Retry-After.
 
 Secrets that fall due close together are taken together (`GROUP_WINDOW`), so
 that the cache makes one batched `refresh` call per provider for them rather
@@ -59,13 +56,9 @@ class Scheduler:
         error = entry.error
         if error is not None and entry.failures:
             if error.transient:
-                backoff = FIRST_BACKOFF * 2.0 ** min(entry.failures - 1, 30)
-                backoff *= _random.uniform(0.5, 1.0)
-                if entry.value is not None:  # kept rendering: never faster than refresh
-                    cap = interval * (1 - JITTER * _random.random())
-                else:  # templates wait for it: retried at least every MAX_BACKOFF
-                    cap = min(interval, MAX_BACKOFF)
-                delay = min(cap, backoff)
+                cap = min(interval, MAX_BACKOFF)
+                delay = min(cap, FIRST_BACKOFF * 2.0 ** min(entry.failures - 1, 30))
+                delay *= _random.uniform(0.5, 1.0)
             else:  # deleted, denied: someone has to fix it; look at the usual pace
                 delay = interval * (1 - JITTER * _random.random())
             if isinstance(error, Throttled) and error.retry_after is not None:

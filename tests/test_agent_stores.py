@@ -531,7 +531,7 @@ def report_outage(
     connections to its port while it was down: only the first look of the outage retries;
     each later look is one probe (two connections for aiohttp, which sends an idempotent
     request again once when the server drops the connection), and looks come no faster
-    than the refresh (the backoff is capped at it)."""
+    than half the refresh (the backoff is capped at it, jittered down to half)."""
     while_down = [t for t in store.connections(mode="down") if down[0] <= t < down[1]]
     events = [
         e
@@ -550,7 +550,7 @@ def report_outage(
     )
     assert len(looks) >= 4
     assert len(later) <= 2 * (len(looks) - 1)
-    assert min(gaps[1:]) >= 0.8 * REFRESH  # after the first retry, the refresh's pace
+    assert min(gaps[1:]) >= 0.4 * REFRESH  # backoff capped at the refresh, jittered to half
 
 
 def logged_at(event: dict[str, Any]) -> float:
