@@ -126,6 +126,8 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._status_lock = asyncio.Lock()
         self._write_errors: dict[str, str] = {}
+        self._states_written: dict[str, str] = {}
+        """Each provider's health state as the last status.json said it."""
 
     # --- life ------------------------------------------------------------------------------
 
@@ -376,6 +378,14 @@ class Agent:
                 self.scheduler.plan(ref, entry)
         if look.changed:
             self._mark_dirty(self.index.using(look.changed))
+        elif self._provider_states() != self._states_written:
+            await self._write_status()  # an outage (or its end) is news: not in 30 s
+
+    def _provider_states(self) -> dict[str, str]:
+        return {
+            name: str(getattr(getattr(provider, "health", None), "state", "ok"))
+            for name, provider in self.providers.items()
+        }
 
     async def _watch_loop(self) -> None:
         assert self.watcher is not None
@@ -651,6 +661,7 @@ class Agent:
     async def _write_status(self, *, stopped: bool = False) -> None:
         """status.json in the state folder and the metrics textfile; a failure is logged."""
         async with self._status_lock:
+            self._states_written = self._provider_states()
             status = self.snapshot(stopped=stopped)
             folder = self.journal.folder.parent if self.journal.folder is not None else None
             textfile = self.config.metrics_file

@@ -45,7 +45,7 @@ from smagent.providers.base import (
     Unavailable,
     Unchanged,
 )
-from smagent.providers.retry import DEADLINE
+from smagent.providers.retry import DEADLINE, Health
 from smagent.references import SecretRef
 from smagent.values import value_problem
 
@@ -113,7 +113,14 @@ class Fetcher:
                 found = dict(await request())
         except TimeoutError:
             detail = f"no answer within {self.timeout:g}s (fetch_timeout)"
-            log.warning(
+            # a store that hangs is down: told once, as `provider.unavailable` by its health
+            # (which status.json shows), not a warning at every look
+            health = getattr(self.providers.get(name), "health", None)
+            what = "refresh" if event == "provider.refreshed" else "fetch"
+            if isinstance(health, Health):
+                health.failed(Unavailable(None, detail), what, first=True)
+                health.finished(ok=False, had_failed=True)
+            (log.debug if isinstance(health, Health) else log.warning)(
                 "provider.timeout", provider=name, references=len(refs), timeout=self.timeout
             )
             return {ref: Unavailable(ref, detail) for ref in refs}

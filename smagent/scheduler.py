@@ -3,7 +3,9 @@
 Every secret has its own clock: its namespace's `refresh` (else
 `defaults.refresh`), shortened by up to 10 % of jitter so that a fleet of
 hosts started together does not check together, and brought forward to the
-store's own date (`check_after`: a lease's 2/3 TTL, a known rotation date).
+store's own date (`check_after`: a known rotation date). A secret with a lease
+is on the lease's clock alone (`check_after`: renewal at 2/3 of its TTL),
+however short `refresh` is: each check of it is a renewal, a write at the store.
 A secret whose last look failed is looked at again sooner, with exponential
 backoff capped at the smaller of its refresh and `MAX_BACKOFF`, and never
 sooner than a throttling store's Retry-After.
@@ -66,7 +68,11 @@ class Scheduler:
             check_after = entry.check_after
             if check_after is not None:
                 until = check_after - time.time()
-                if until > 0:
+                if entry.value is not None and entry.value.lease is not None:
+                    # a lease keeps its own clock: a check of it is a renewal (a write at
+                    # the store), due at 2/3 of its TTL, not at every refresh
+                    delay = max(0.0, until)
+                elif until > 0:
                     delay = min(delay, until)
         self.at(ref, time.monotonic() + delay)
         return delay

@@ -46,8 +46,8 @@ far longer: the slow cases below take 10 s or more to finish their work."""
 
 LAST_GOOD = "last good content\n"
 MAX_LOG_LINES = 6
-"""reference.failed, provider.timeout (slow cases), b's template.rendered and action.ran,
-pass.finished: one line per state, whatever the fault."""
+"""reference.failed, provider.unavailable (slow cases: the timeout), b's template.rendered
+and action.ran, pass.finished: one line per state, whatever the fault."""
 
 
 @dataclass

@@ -4,7 +4,10 @@ A provider retries a transient failure (`Throttled`, `Unavailable`) a few
 times within the pass's deadline and gives up with the store's own error
 after that; a permanent one (not found, access denied, bad value, a bug)
 fails at once. Long outages are the agent's business, not the provider's:
-it keeps the last good files and comes back on its own schedule.
+it keeps the last good files and comes back on its own schedule. So once a
+request has spent its retries and failed, and until a request succeeds, each
+request makes one attempt (a probe): four attempts at every look of the
+agent would multiply the load on a store that is down or throttling.
 
 The SDKs' own retries are turned off in each store module (botocore
 `total_max_attempts=1`, azure-core `retry_total=0`, our aiohttp client has
@@ -86,6 +89,11 @@ class Health:
                 f"provider.{state}", provider=self.provider, request=what, detail=error.detail
             )
 
+    def known_down(self) -> bool:
+        """Throttled or unavailable, and no request is retrying: the last one spent its
+        retries and failed (an outage, not a blip)."""
+        return self.state != "ok" and self._retrying == 0
+
     def finished(self, *, ok: bool, had_failed: bool) -> None:
         if had_failed:
             self._retrying -= 1
@@ -121,6 +129,8 @@ async def retrying(
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     loop = asyncio.get_running_loop()
+    if health is not None and health.known_down():
+        attempts = 1  # a probe: between looks, the agent's scheduler does the backing off
     if deadline is None:
         deadline = DEADLINE.get()
     failures = 0
