@@ -14,7 +14,14 @@ import pytest
 
 from smagent import scheduler
 from smagent.cache import Entry
-from smagent.providers.base import AccessDenied, ProviderError, SecretValue, Throttled, Unavailable
+from smagent.providers.base import (
+    AccessDenied,
+    Lease,
+    ProviderError,
+    SecretValue,
+    Throttled,
+    Unavailable,
+)
 from smagent.references import SecretRef
 from smagent.scheduler import Scheduler
 
@@ -65,6 +72,18 @@ def test_check_after_brings_the_next_look_forward() -> None:
     assert 39 <= soon <= 40
     late = plan.plan(DB, good(check_after=time.time() + 4000))
     assert 270 <= late <= 300
+
+
+def test_a_lease_keeps_its_own_clock_whatever_the_refresh() -> None:
+    """A secret with a lease is looked at (renewed: a write at the store) at its 2/3-TTL date
+    only: a refresh shorter than that does not renew it more often, a longer one does not
+    let it expire."""
+    lease = Lease("database/creds/app/abc", 3600.0, True, obtained_at=time.time())
+    leased = Entry(
+        DB, value=SecretValue("pw-sched-1234", lease=lease, check_after=time.time() + 2400)
+    )
+    assert 2399 <= every(1).plan(DB, leased) <= 2400
+    assert 2399 <= every(86400).plan(DB, leased) <= 2400
 
 
 def test_transient_failures_back_off_exponentially_capped() -> None:
