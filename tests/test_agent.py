@@ -224,11 +224,12 @@ def _two_secrets(ws: AgentWorkspace, password: str, token: str) -> None:
 def test_unchanged_values_write_nothing_and_signal_nothing(
     agent: AgentFactory, tmp_path: Path, sighup_counter: SighupCounter
 ) -> None:
-    """Refresh cycles, and a secrets file rewritten with only an unused secret changed,
-    leave the file untouched (same inode, same mtime) and send no SIGHUP."""
+    """Refresh cycles, a secrets file rewritten with only an unused secret changed, and a
+    rotation of a field the template does not read leave the file untouched (same inode,
+    mtime and ctime) and send no SIGHUP."""
     ws = workspace(tmp_path)
     out = ws.contents(
-        "out/db.conf", "pw={{ secrets.db.password }}\n", on_change=[hup(sighup_counter)]
+        "out/user.conf", "user={{ secrets.db.username }}\n", on_change=[hup(sighup_counter)]
     )
     process = start(agent, ws)
     assert 1 == sighup_counter.count()
@@ -242,6 +243,11 @@ def test_unchanged_values_write_nothing_and_signal_nothing(
         looks.wait(2, timeout=20 * REFRESH_S)  # seen by the watcher, then at the next refresh
     assert [] == process.events("pass.finished", since=mark)
     assert [] == process.events("secret.rotated", since=mark)
+    ws.rotate("prod/db", fresh("unread"), "password")  # the secret changes, the file's text not
+    process.wait_for("secret.rotated", timeout=10)
+    finished = process.wait_for("pass.finished", timeout=10)
+    assert 1 == finished.get("unchanged")
+    assert "written" not in finished
     assert before == signature(out)
     assert 1 == sighup_counter.count()
 
