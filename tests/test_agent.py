@@ -444,11 +444,6 @@ def test_a_hanging_command_is_killed_at_its_timeout_with_its_process_group(
     assert 2 == len(pids.read_text().split())  # only the first try hung
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a pass runs its actions inline: a hanging one holds up every other file until "
-    "its timeout (see the report of h6-agent1)",
-)
 def test_an_action_that_hangs_does_not_hold_up_other_templates(
     agent: AgentFactory, tmp_path: Path, sighup_counter: SighupCounter
 ) -> None:
