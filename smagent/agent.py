@@ -124,6 +124,11 @@ class Agent:
         self._stopping = False
         self._main: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._batches: set[asyncio.Task[None]] = set()
+        """Runs of owed actions in progress: apart from passes and from each other, so a
+        hanging action holds up no file and no other action; a stop lets them finish."""
+        self._scheduled: set[str] = set()
+        """The ledger keys a batch is about to run or running."""
         self._status_lock = asyncio.Lock()
         self._write_errors: dict[str, str] = {}
         self._states_written: dict[str, str] = {}
@@ -229,6 +234,9 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # the write-then-action step: actions running finish, and files written get theirs
+        await asyncio.gather(*self._batches, return_exceptions=True)
+        await self.ledger.run(self.ledger.due(time.monotonic()))
         self.ledger.release()  # what is still owed stays on disk for the next start
         if self.watcher is not None:
             await self.watcher.close()
@@ -261,7 +269,11 @@ class Agent:
             return
         started = time.time()
         result = await self.pipeline.run(
-            chosen, resolver=self.cache.resolver(), journal=self.journal, ledger=self.ledger
+            chosen,
+            resolver=self.cache.resolver(),
+            journal=self.journal,
+            ledger=self.ledger,
+            run_actions=False,
         )
         self._learn(result, started)
         if len(self.ledger):
@@ -416,19 +428,33 @@ class Agent:
             self._mark_dirty(names)
 
     async def _actions_loop(self) -> None:
-        """Retries of failed actions, with their backoff; never holds up a pass or a check."""
+        """What passes owe, and retries with their backoff, each due set run as a batch of
+        its own (in the order owed): never holds up a pass, a check or another batch."""
         while True:
-            next_try = self.ledger.next_try()
+            waiting = [o.next_try for k, o in self.ledger.owed.items() if k not in self._scheduled]
+            next_try = min(waiting, default=None)
             timeout = None if next_try is None else max(0.0, next_try - time.monotonic())
             self._actions_wake.clear()
             if timeout is None or timeout > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._actions_wake.wait()
-            due = self.ledger.due(time.monotonic())
+            due = [k for k in self.ledger.due(time.monotonic()) if k not in self._scheduled]
             if due:
-                await self.ledger.run(due)
-                await self._write_status()
+                self._scheduled.update(due)
+                batch = asyncio.create_task(self._run_batch(due), name="actions")
+                self._batches.add(batch)
+
+    async def _run_batch(self, keys: list[str]) -> None:
+        try:
+            await self.ledger.run(keys)
+        except Exception as exc:  # a bug here must not leave the keys scheduled for good
+            log.error("agent.loop_crashed", loop="actions", error_type=type(exc).__name__)
+        finally:
+            self._scheduled.difference_update(keys)
+            self._batches.discard(asyncio.current_task())
+            self._actions_wake.set()  # owed again meanwhile, or a new backoff to sleep for
+        await self._write_status()
 
     async def _heartbeat_loop(self) -> None:
         while True:

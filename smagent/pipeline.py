@@ -139,6 +139,7 @@ class Pipeline:
         resolver: Resolver | None = None,
         journal: Journal | None = None,
         ledger: Ledger | None = None,
+        run_actions: bool = True,
     ) -> PassResult:
         """One pass over `templates` (default: all).
 
@@ -149,7 +150,8 @@ class Pipeline:
         adds what its files owe and runs everything owed that is due, so each
         distinct action runs once. Once writing has begun, the writes and that run
         of the actions finish even if the pass is cancelled: a file replaced must
-        get its action.
+        get its action. `run_actions=False` (the agent): the pass only adds what its files
+        owe to `ledger`, for the agent to run apart, so that a slow action holds up no file.
         """
         started = time.monotonic()
         chosen = list(self.config.templates if templates is None else templates)
@@ -163,7 +165,7 @@ class Pipeline:
                 result.templates.append(await self._finish(template, outcome, dry_run=True))
         else:
             result = await finish_even_if_cancelled(
-                self._write_all(chosen, outcomes, resolver.requests, journal, ledger)
+                self._write_all(chosen, outcomes, resolver.requests, journal, ledger, run_actions)
             )
         result.canonical_of = dict(resolver.canonical_of)
         counts = {s.name.lower(): sum(t.status is s for t in result.templates) for s in Status}
@@ -182,6 +184,7 @@ class Pipeline:
         fetched: int,
         journal: Journal | None,
         ledger: Ledger | None,
+        run_actions: bool = True,
     ) -> PassResult:
         result = PassResult(fetched=fetched)
         if journal is not None:
@@ -205,7 +208,8 @@ class Pipeline:
             ledger.release()
         else:
             ledger.add(result.due, result.record)
-            result.actions = await ledger.run(ledger.due(time.monotonic()))
+            if run_actions:
+                result.actions = await ledger.run(ledger.due(time.monotonic()))
         return result
 
     async def _record_owed(

@@ -474,7 +474,11 @@ def _create_temp(folder_fd: int, destination: Path, mode: int) -> tuple[int, str
     for _ in range(_TEMP_NAME_ATTEMPTS):
         name = temp_path_for(destination).name
         # Created with mode & ~umask, a subset of mode: never more permissive.
-        fd = _retry_on_eexist(folder_fd, name, mode)
+        try:
+            fd = _retry_on_eexist(folder_fd, name, mode)
+        except OSError as exc:  # a folder not writable (mode, immutable, read-only), disk full
+            where = f"creating a temporary file in {destination.parent}"
+            raise WriteError(destination, _reason(where, exc)) from exc
         if fd is None:
             continue
         try:
