@@ -297,7 +297,9 @@ class Agent:
                 state.error = REDACTOR.scrub("; ".join(str(p) for p in item.problems))
                 if item.write_failed:
                     state.write_failures += 1
-                    delay = min(WRITE_RETRY_MAX, WRITE_RETRY_FIRST * 2.0**state.write_failures)
+                    delay = min(
+                        WRITE_RETRY_MAX, WRITE_RETRY_FIRST * 2.0 ** (state.write_failures - 1)
+                    )
                     state.retry_at = time.monotonic() + delay
             else:
                 state.last_success = now
