@@ -36,7 +36,7 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
-from smagent.values import TooDeep, parse_json_text
+from smagent.values import TooDeep, leaves, parse_json_text
 
 REDACTED = "<redacted>"
 WITHHELD = "<withheld: it held a secret value>"
@@ -186,17 +186,9 @@ def _forms(value: str | bytes) -> Iterable[str]:
         data = parse_json_text(value)
     except TooDeep:  # refused by the resolver; its whole text is registered above
         return
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            yield item
-        elif isinstance(item, int | float) and not isinstance(item, bool):
-            yield str(item)
+    for leaf in leaves(data):  # JSON holds no bytes
+        if isinstance(leaf, str):
+            yield leaf
 
 
 REDACTOR = Redactor()

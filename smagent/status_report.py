@@ -30,6 +30,7 @@ from pathlib import Path
 
 from smagent.config import Config, EnvProviderConfig, FileProviderConfig
 from smagent.health import AgentStatus
+from smagent.values import leaves
 
 EXIT_OK, EXIT_ATTENTION, EXIT_NO_STATE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 STALE_HEARTBEATS = 3
@@ -313,7 +314,7 @@ def _local_values(config: Config) -> Iterator[str | bytes]:
         if isinstance(provider, FileProviderConfig):
             try:
                 raw, _ = read_regular(provider.path, MAX_FILE_BYTES)
-                yield from _leaves(load(raw.decode("utf-8")))
+                yield from leaves(load(raw.decode("utf-8")))
             except Exception:  # noqa: S112 - unreadable here: the agent's scrub stands alone
                 continue
         elif isinstance(provider, EnvProviderConfig):
@@ -322,20 +323,6 @@ def _local_values(config: Config) -> Iterator[str | bytes]:
                     value = os.environ.get(namespace.secret)
                     if value:
                         yield value
-
-
-def _leaves(data: object) -> Iterator[str | bytes]:
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str | bytes):
-            yield item
-        elif isinstance(item, int | float) and not isinstance(item, bool):
-            yield str(item)
 
 
 # --- wording -------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ RecursionError. `value_problem` is the check every fetched value passes.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -162,3 +163,19 @@ def value_problem(value: str | bytes) -> str | None:
     except TooDeep as exc:
         return f"the value is JSON {exc}"
     return None
+
+
+def leaves(data: object) -> Iterator[str | bytes]:
+    """Every text (and number, as text) inside nested mappings and lists, without
+    recursion: the strings a redactor must know of a secret's value."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str | bytes):
+            yield item
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            yield str(item)
