@@ -145,6 +145,32 @@ async def _signal_unit(action: SignalUnitAction) -> str:
     return f"sent SIG{action.signal} to {action.systemd_unit}"
 
 
+CREDENTIAL_VARIABLES = frozenset(
+    {
+        "VAULT_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+        "AZURE_PASSWORD",
+    }
+)
+"""The stores' credentials smagent may have been given in its environment."""
+
+
+def child_environment() -> dict[str, str]:
+    """smagent's environment minus what a reload command has no business seeing: the
+    stores' credentials, and every variable holding a secret smagent has read (the `env`
+    provider's values, or any text that contains one). A command is config, run with
+    config's arguments; the secrets it needs are in the files it reloads."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in CREDENTIAL_VARIABLES and REDACTOR.scrub(value) == value
+    }
+
+
 async def _run_command(argv: list[str], limit: float) -> str:
     """Run `argv` (no shell) and wait for it to exit, at most `limit` seconds.
 
@@ -164,6 +190,7 @@ async def _run_command(argv: list[str], limit: float) -> str:
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
+                env=child_environment(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=output,
                 stderr=output,

@@ -369,12 +369,35 @@ async def test_command_past_its_timeout_is_killed_with_its_process_group(
 def echo_env_secret(stream: str, before: str = "", after: str = "", code: int = 1) -> list[str]:
     """A command that prints the env provider's canary to `stream` and exits `code`.
 
-    The value comes from the environment, so no test file holds it.
+    The value is in its arguments as reversed hex (a command never gets a secret through
+    its environment: see `test_a_command_gets_no_secret_and_no_credential_in_its_env`).
     """
+    hidden = CANARY_ENV[::-1].encode().hex()
     return python(
-        f"import os, sys; v = os.environ[{CANARY_ENV_NAME!r}]; "
+        f"import sys; v = bytes.fromhex({hidden!r}).decode()[::-1]; "
         f"sys.{stream}.write({before!r} + v + {after!r}); sys.exit({code})"
     )
+
+
+async def test_a_command_gets_no_secret_and_no_credential_in_its_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command's environment lacks every variable holding a known secret (alone or inside
+    a longer text) and the stores' credential variables; the rest is passed on."""
+    REDACTOR.add(CANARY_ENV)
+    monkeypatch.setenv("APP_DSN", f"postgres://app:{CANARY_ENV}@db/app")
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.not-a-real-token-for-this-test")
+    monkeypatch.setenv("HARMLESS_SETTING", "kept")
+    script = (
+        "import os, sys; bad = [n for n in "
+        f"({CANARY_ENV_NAME!r}, 'APP_DSN', 'VAULT_TOKEN') if n in os.environ]; "
+        "sys.exit(3 if bad else 0 if os.environ.get('HARMLESS_SETTING') == 'kept' else 4)"
+    )
+    (action,) = load_actions(tmp_path, [{"command": python(script)}])
+
+    result = await run_action(action)
+
+    assert (True, "exited 0") == (result.ok, result.detail), result.detail
 
 
 async def test_secret_in_command_output_is_redacted(tmp_path: Path) -> None:
