@@ -412,7 +412,7 @@ def test_ready_only_after_a_slow_first_pass_and_a_sighup_meanwhile_is_kept(
         ready = listener.wait_for("READY", "1")
         ready_at = listener.times("READY", "1")[0]
         assert ready_at >= asked + VAULT_LATENCY
-        assert "1 of 1 files current" == ready["STATUS"]
+        assert ready["STATUS"].startswith("1 of 1 files current")  # an action may be running
         assert f"{CANARY}\n" == out.read_text()
         proc.wait_for("config.reloaded", timeout=15)
         listener.wait_count("READY", 2, timeout=15)
@@ -443,11 +443,11 @@ def test_notify_reloading_ready_status_and_stopping(agent: AgentFactory, tmp_pat
         assert before <= int(reloading["MONOTONIC_USEC"]) <= after
         reloading_at = listener.times("RELOADING", "1")[-1]
         again = listener.wait_for("READY", "1", since=reloading_at)
-        assert "1 of 1 files current" == again["STATUS"]
+        assert again["STATUS"].startswith("1 of 1 files current")
         since = time.monotonic()
         ws.rotate("prod/db", "rotated-for-status", "password")
         proc.wait_for("template.rendered", template="a.txt.j2")
-        assert "1 of 1 files current" == listener.wait_for("STATUS", since=since)["STATUS"]
+        assert listener.wait_for("STATUS", since=since)["STATUS"].startswith("1 of 1 files current")
         since = time.monotonic()
         proc.send(signal.SIGTERM)
         listener.wait_for("STOPPING", "1", since=since)
@@ -776,7 +776,7 @@ def test_the_agent_runs_under_the_units_conditions(
         ]  # fmt: skip
         with AgentProcess(sandboxed, cwd=Path("/")) as proc:
             ready = listener.wait_for("READY", "1", timeout=20)
-            assert "1 of 1 files current" == ready["STATUS"]
+            assert ready["STATUS"].startswith("1 of 1 files current")  # an action may be running
             assert {proc.pid} == {m.pid for m in listener.records()}  # NotifyAccess=main
             assert f'"app" "{CANARY}"\n' == out.read_text()
             info = out.stat()
