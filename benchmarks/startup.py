@@ -104,36 +104,62 @@ def commands(config: str) -> dict[str, list[str]]:
     }
 
 
-def measure(argvs: dict[str, list[str]], env: dict[str, str], rounds: int) -> dict[str, float]:
-    for argv in argvs.values():  # writes the .pyc files and the demo's output once
-        subprocess.run(argv, env=env, check=True, capture_output=True)
-    times: dict[str, list[float]] = {name: [] for name in argvs}
+def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU (user + system, from wait4) seconds of one run of `argv`."""
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    stderr = process.stderr.read()
+    process.stderr.close()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed: {stderr[-1000:].decode(errors='replace')}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def measure(
+    argvs: dict[str, list[str]], envs: dict[str, dict[str, str]], rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU seconds per contender, contenders alternated round by round."""
+    for name, argv in argvs.items():  # writes the .pyc files and the demo's output once
+        run_once(argv, envs[name])
+    walls: dict[str, list[float]] = {name: [] for name in argvs}
+    cpus: dict[str, list[float]] = {name: [] for name in argvs}
     for _ in range(rounds):
         for name, argv in argvs.items():
-            started = time.perf_counter()
-            subprocess.run(argv, env=env, check=True, capture_output=True)
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
+            wall, cpu = run_once(argv, envs[name])
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    return {name: (statistics.median(walls[name]), statistics.median(cpus[name])) for name in argvs}
 
 
-def report(medians: dict[str, float], modules: dict[str, list[str]], rounds: int) -> list[str]:
+def report(
+    medians: dict[str, tuple[float, float]], modules: dict[str, list[str]], rounds: int
+) -> list[str]:
+    py_wall, py_cpu = medians["python"]
+    deps_wall, deps_cpu = medians["deps"]
     lines = [
-        f"Cold start, median of {rounds} alternated runs ({sys.version.split()[0]}, "
-        f"{os.cpu_count()} cores)",
+        f"Cold start, median of {rounds} alternated runs (Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} cores; CPU = user + system of the process, less sensitive to load)",
         "",
-        "| command | median ms | / python | / deps |",
-        "|---|---:|---:|---:|",
+        "| command | wall ms | / python | / deps | CPU ms | CPU / python | CPU / deps |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, value in medians.items():
+    for name, (wall, cpu) in medians.items():
         lines.append(
-            f"| {name} | {value * 1000:.1f} | {value / medians['python']:.2f}x "
-            f"| {value / medians['deps']:.2f}x |"
+            f"| {name} | {wall * 1000:.1f} | {wall / py_wall:.2f}x | {wall / deps_wall:.2f}x "
+            f"| {cpu * 1000:.1f} | {cpu / py_cpu:.2f}x | {cpu / deps_cpu:.2f}x |"
         )
-    lines += ["", "| target | ratio | limit | |", "|---|---:|---:|---|"]
+    lines += ["", "| target (wall) | ratio | limit | | CPU ratio |", "|---|---:|---:|---|---:|"]
     for name, base, limit in TARGETS:
-        ratio = medians[name] / medians[base]
+        ratio = medians[name][0] / medians[base][0]
         verdict = "met" if ratio <= limit else "missed"
-        lines.append(f"| {name} / {base} | {ratio:.2f}x | {limit:g}x | {verdict} |")
+        cpu_ratio = medians[name][1] / medians[base][1]
+        lines.append(
+            f"| {name} / {base} | {ratio:.2f}x | {limit:g}x | {verdict} | {cpu_ratio:.2f}x |"
+        )
     lines += ["", "| command | modules | smagent modules | third-party packages | forbidden |"]
     lines += ["|---|---:|---|---|---|"]
     for name, names in modules.items():
@@ -148,23 +174,32 @@ def report(medians: dict[str, float], modules: dict[str, list[str]], rounds: int
 
 
 STDLIB = frozenset(sys.stdlib_module_names) | {"__future__", "_distutils_hack"}
+SMAGENT_COMMANDS = ("version", "render-once", "check")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("rounds", nargs="?", type=int, default=15)
     parser.add_argument("--smoke", action="store_true", help="3 rounds: proves the script works")
+    parser.add_argument(
+        "--against",
+        metavar="TREE",
+        type=Path,
+        help="also run smagent's commands from another source tree (e.g. `git archive` of main "
+        "unpacked there), alternated with these: a before/after in one run",
+    )
     args = parser.parse_args()
     rounds = 3 if args.smoke else args.rounds
     with tempfile.TemporaryDirectory() as tmp:
         config, env = demo(Path(tmp))
         argvs = commands(config)
-        medians = measure(argvs, env, rounds)
-        modules = {
-            name: imported_modules(argv, env)
-            for name, argv in argvs.items()
-            if name in ("version", "render-once", "check")
-        }
+        envs = dict.fromkeys(argvs, env)
+        if args.against is not None:
+            for name in SMAGENT_COMMANDS:
+                argvs[f"{name} (against)"] = argvs[name]
+                envs[f"{name} (against)"] = {**env, "PYTHONPATH": str(args.against.resolve())}
+        medians = measure(argvs, envs, rounds)
+        modules = {name: imported_modules(argvs[name], env) for name in SMAGENT_COMMANDS}
     print("\n".join(report(medians, modules, rounds)))
 
 
