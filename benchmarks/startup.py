@@ -13,10 +13,15 @@ missed, then the modules each smagent command imports (from `python -X importtim
 with any module of a cloud SDK or of the agent flagged: none may load on a
 file/env-only one-shot command.
 
+Wall time is what the targets are about; CPU time (user + system, from wait4) is
+printed beside it because it moves far less with the load of a shared machine.
 Bytecode is written and warmed first (PYTHONDONTWRITEBYTECODE is dropped): an
 installed smagent runs from .pyc files, and so must the measurement.
-Usage: `python benchmarks/startup.py [--smoke] [ROUNDS]` (exit 0 even when a target
-is missed: the table says so).
+
+Usage: `python benchmarks/startup.py [--smoke] [--against TREE] [ROUNDS]` (exit 0 even
+when a target is missed: the table says so). `--against` runs the smagent commands of
+another source tree too, alternated with these: `git archive main smagent | tar -x -C
+/tmp/before` then `--against /tmp/before` gives a before/after in one run.
 """
 
 from __future__ import annotations
