@@ -27,6 +27,7 @@ another source tree too, alternated with these: `git archive main smagent | tar 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import os
@@ -195,7 +196,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     rounds = 3 if args.smoke else args.rounds
-    with tempfile.TemporaryDirectory() as tmp:
+    # Run from the demo's folder: `python -m` puts the working folder first on sys.path, and
+    # from a checkout it would import that checkout's smagent whatever --against says.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         config, env = demo(Path(tmp))
         argvs = commands(config)
         envs = dict.fromkeys(argvs, env)
