@@ -4,30 +4,22 @@ Exit codes are a contract (SPEC section 1): 0 all good, 1 at least one
 template, reference or action failed (the others were still done), 2 a usage
 or configuration error (nothing written). Heavy modules (Jinja, providers)
 are imported inside the commands that need them, so `--version` and config
-errors answer fast.
+errors answer fast: this module imports argparse and nothing else of weight
+(not even asyncio, the config or the logging stack) until a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from smagent import __version__
-from smagent.config import (
-    Config,
-    ConfigError,
-    SecretManagerFlags,
-    TemplateSpec,
-    find_config_path,
-    load_config,
-)
-from smagent.logging import REDACTOR, configure
 
 if TYPE_CHECKING:
+    from smagent.config import Config, TemplateSpec
     from smagent.pipeline import PassResult
     from smagent.providers.base import FetchResult, Provider
     from smagent.references import Lookup
@@ -41,7 +33,10 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # --version and --help exit here
+    from smagent.config import ConfigError
+    from smagent.logging import configure
+
     configure(args.log_format, args.log_level)
     try:
         result: int = args.handler(args)
@@ -58,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
+    from smagent.logging import REDACTOR
+
     print(f"error: {REDACTOR.scrub(message)}", file=sys.stderr)
 
 
@@ -67,6 +64,8 @@ def _out(line: str = "", *, scrub: bool = True) -> None:
     A reader that went away (`smagent check | head -1`) silences further output
     without changing what the command does or the exit code it returns.
     """
+    from smagent.logging import REDACTOR
+
     try:
         print(REDACTOR.scrub(line) if scrub else line, flush=True)
     except BrokenPipeError:
@@ -78,6 +77,8 @@ def _out(line: str = "", *, scrub: bool = True) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from smagent.config import SecretManagerFlags, find_config_path, load_config
+
     flags = SecretManagerFlags(
         getattr(args, "use_sm_provider", None), getattr(args, "secret_manager", None)
     )
@@ -85,6 +86,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    import asyncio
+
     config = _load(args)
     templates = _select(config, args.template or [])
     if not args.once and not args.dry_run:
@@ -97,7 +100,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def _agent(args: argparse.Namespace, config: Config) -> int:
     """`render` without `--once`: run until SIGTERM/SIGINT (exit 0)."""
+    import asyncio
+
     from smagent.agent import StartError, run_agent
+    from smagent.config import SecretManagerFlags
 
     flags = SecretManagerFlags(
         getattr(args, "use_sm_provider", None), getattr(args, "secret_manager", None)
@@ -110,6 +116,8 @@ def _agent(args: argparse.Namespace, config: Config) -> int:
 
 def _select(config: Config, names: list[str]) -> tuple[TemplateSpec, ...]:
     """The templates `--template` names; a name that matches none is a usage error."""
+    from smagent.config import ConfigError
+
     unknown = []
     for name in dict.fromkeys(names):
         try:
@@ -177,6 +185,8 @@ def _ranges(numbers: Sequence[int]) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import asyncio
+
     config = _load(args)
     _out(
         f"config ok: {config.path} ({len(config.providers)} providers, "
@@ -252,6 +262,8 @@ def _deepest(lookups: frozenset[Lookup]) -> list[Lookup]:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    import asyncio
+
     from smagent.references import ReferenceSyntaxError, parse_reference_text
 
     config = _load(args)
@@ -288,6 +300,8 @@ async def _get(providers: dict[str, Provider], config: Config, lookup: Lookup, r
 
 
 def cmd_test_connection(args: argparse.Namespace) -> int:
+    import asyncio
+
     config = _load(args)
     asked = [n for name in args.providers or () for n in config.groups.get(name, (name,))]
     names = list(dict.fromkeys(asked or config.providers))
@@ -305,6 +319,8 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
 
 async def _test_connection(providers: dict[str, Provider], config: Config, names: list[str]) -> int:
     """Every named provider at once, each within fetch_timeout; reported in the order asked."""
+    import asyncio
+
     limit = float(config.defaults.fetch_timeout)
     outcomes = await asyncio.gather(*(_test_one(providers[name], limit) for name in names))
     for name, problem in zip(names, outcomes, strict=True):
@@ -315,6 +331,8 @@ async def _test_connection(providers: dict[str, Provider], config: Config, names
 
 async def _test_one(provider: Provider, limit: float) -> str | None:
     """None when the provider's connection test passed, else what failed (no value in it)."""
+    import asyncio
+
     from smagent.logging import get_logger
     from smagent.providers.base import ProviderError
 
@@ -349,6 +367,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from smagent import health, status_report
+    from smagent.logging import REDACTOR
     from smagent.state import STATUS_FILE, state_dir_for
 
     config = _load(args)

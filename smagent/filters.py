@@ -162,6 +162,10 @@ _YAML_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\t": "\\t", "\n": "\\n", "\r":
 
 
 # What single quotes cannot hold: line breaks (folded into spaces) and what the reader rejects.
+# The ASCII part alone compiles in microseconds and decides the usual, all-ASCII value.
+_ASCII_NOT_SINGLE_QUOTABLE = re.compile("[^\t\x20-\x7e]")
+
+
 @functools.cache
 def _yaml_not_single_quotable() -> re.Pattern[str]:
     return re.compile("[^\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -171,7 +175,10 @@ def _yaml_escape(char: str) -> str:
     short = _YAML_SHORT_ESCAPES.get(char)
     if short is not None:
         return short
-    if _yaml_verbatim().match(char):
+    if char.isascii():  # decided without the Unicode class, whose compile costs ~3 ms
+        if " " <= char <= "~":
+            return char
+    elif _yaml_verbatim().match(char):
         return char
     code = ord(char)
     if code <= 0xFF:
@@ -360,7 +367,8 @@ def yaml_single_quoted_body(value: object) -> str:
     no exact form there: that raises FilterError (use double quotes instead).
     """
     text = _text(value, "yaml_single_quoted_body")
-    if _yaml_not_single_quotable().search(text):
+    pattern = _ASCII_NOT_SINGLE_QUOTABLE if text.isascii() else _yaml_not_single_quotable()
+    if pattern.search(text):
         raise FilterError(
             "yaml_single_quoted_body: the value has a line break or a character that YAML "
             "single quotes cannot hold; quote it with double quotes and yaml_double_quoted_body"

@@ -267,6 +267,23 @@ def test_yaml_single_quoted_body_round_trips_or_refuses(text: str) -> None:
             yaml_single_quoted_body(text)
 
 
+def test_yaml_double_quoted_body_escapes_exactly_what_yaml_cannot_print() -> None:
+    """Each character of the first planes is written as itself iff YAML prints it, else escaped."""
+    printable = re.compile(
+        "[\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+    )
+    short = {"\\": "\\\\", '"': '\\"', "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    for code in [*range(0x3000), *range(0xFEF0, 0x10010)]:
+        char = chr(code)
+        if char in short:
+            expected = short[char]
+        elif printable.fullmatch(char):
+            expected = char
+        else:
+            expected = f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+        assert expected == yaml_double_quoted_body(char), hex(code)
+
+
 def test_yaml_single_quoted_body_doubles_quotes() -> None:
     """A single quote is written as two."""
     assert "it''s" == yaml_single_quoted_body("it's")

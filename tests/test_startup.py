@@ -1,0 +1,87 @@
+"""What a one-shot command imports: no cloud SDK and no agent module unless it needs one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+# Never on a file/env-only one-shot command: the cloud SDKs and the agent's own modules.
+FORBIDDEN = (
+    "aiobotocore",
+    "botocore",
+    "boto3",
+    "azure",
+    "aiohttp",
+    "watchfiles",
+    "smagent.agent",
+    "smagent.watch",
+    "smagent.cache",
+    "smagent.scheduler",
+    "smagent.index",
+    "smagent.notify",
+    "smagent.metrics",
+    "smagent.health",
+    "smagent.status_report",
+)
+
+
+def imported(*args: str | Path) -> list[str]:
+    """The modules `python -m smagent ARGS` imports (-X importtime), after checking it exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMAGENT_")}
+    env["SMAGENT_DEMO_API_TOKEN"] = "startup-token"  # the demo's placeholder
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "smagent", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert 0 == run.returncode, run.stderr[-2000:]
+    return [
+        line.rsplit("|", 1)[1].strip()
+        for line in run.stderr.splitlines()
+        if line.startswith("import time:") and "imported package" not in line
+    ]
+
+
+def forbidden(modules: list[str]) -> list[str]:
+    return [m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+
+
+@pytest.fixture(scope="module")
+def demo_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shipped demo (file and env providers only)."""
+    root = tmp_path_factory.mktemp("demo")
+    shutil.copytree(REPO / "examples", root / "examples")
+    shutil.copytree(REPO / "templates", root / "templates")
+    (root / "examples" / "secrets.yaml").chmod(0o600)
+    return root / "examples" / "smagent.yaml"
+
+
+@pytest.mark.parametrize(
+    "command", [("render", "--once"), ("render", "--dry-run"), ("check",)], ids=" ".join
+)
+def test_one_shot_commands_import_no_sdk_and_no_agent_module(
+    demo_config: Path, command: tuple[str, ...]
+) -> None:
+    """A file/env-only one-shot command loads no cloud SDK and nothing of the agent."""
+    modules = imported("--config", demo_config, *command)
+    assert "smagent.pipeline" in modules  # the probe sees the command's own imports
+    assert [] == forbidden(modules)
+
+
+def test_version_imports_only_the_command_line() -> None:
+    """`--version` answers without the config, logging, YAML, msgspec or structlog stack."""
+    modules = imported("--version")
+    heavy = ("yaml", "msgspec", "structlog", "jinja2", "asyncio")
+    assert [] == forbidden(modules)
+    assert [] == [m for m in modules if m.split(".")[0] in heavy]
+    assert ["smagent", "smagent.cli"] == sorted(m for m in modules if m.split(".")[0] == "smagent")
