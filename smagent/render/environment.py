@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.utils import LRUCache
 
 from smagent import filters
 from smagent.render import arcion, sandbox
@@ -21,6 +22,9 @@ from smagent.render.loader import TemplateLoader
 from smagent.render.messages import StrictUndefined
 from smagent.render.scram import scram_filter
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject
+
+CACHE_ROOM = 400
+"""Compiled templates kept beyond the configured ones: includes, imports, computed names."""
 
 _FILES: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar(
     "smagent_render_files", default=None
@@ -64,6 +68,19 @@ class SecretEnvironment(sandbox.BoundedSandbox):
             files = _FILES.get()
             if files is not None and isinstance(name, str):
                 files.update(self.template_loader.looked_at.get(name, ()))
+
+    def hold(self, templates: int) -> None:
+        """Size the compiled-template cache to keep `templates` configured templates plus room
+        for what they include: Jinja's default of 400 made every template past the 400th
+        compile again in each render round (and again each pass)."""
+        capacity = templates + CACHE_ROOM
+        cache = self.cache
+        if not isinstance(cache, LRUCache) or cache.capacity >= capacity:
+            return
+        bigger = LRUCache(capacity)
+        for key, template in reversed(cache.items()):  # oldest first: recency kept
+            bigger[key] = template
+        self.cache = bigger
 
     def forget(self, names: set[str]) -> None:
         """Drop the compiled templates of `names`: the next load reads their files again."""

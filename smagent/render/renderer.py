@@ -54,6 +54,7 @@ class Renderer:
         self._config_known = frozenset(_config_words(config))
         self.loader.inline.clear()
         self._names: dict[str, str] = {}
+        self.env.hold(len(config.templates))
         for template in config.templates:
             self._names[template.name] = self._register(template)
 

@@ -1,0 +1,56 @@
+"""Renders at scale: each template is compiled once per process, however many there are."""
+
+from __future__ import annotations
+
+from smagent.config import load_config
+from smagent.providers.base import SecretValue
+from smagent.references import SecretRef
+from smagent.render import Renderer
+from tests.conftest import Workspace
+
+DB = SecretRef("local", "prod/db")
+VALUES = {DB: SecretValue('{"host": "db.internal"}')}
+MANY = 450
+"""More than Jinja's default cache of 400 compiled templates."""
+
+
+def test_more_templates_than_jinjas_cache_are_compiled_once(ws: Workspace) -> None:
+    """450 templates rendered twice (two rounds or two passes): the second render of each
+    uses the template compiled by the first."""
+    ws.templates = []
+    for n in range(MANY):
+        ws.template(f"t{n}.j2", f"{n} {{{{ secrets.db.host }}}}\n")
+    config = load_config(ws.write())
+    renderer = Renderer(config)
+    compiled = []
+    for template in config.templates:
+        assert b"db.internal" in (renderer.render(template, VALUES).output or b"")
+        compiled.append(renderer.env.get_template(str(template.source)))
+    for template in config.templates:
+        assert f"{template.name.removesuffix('.j2')[1:]} db.internal\n".encode() == (
+            renderer.render(template, VALUES).output
+        )
+    assert all(
+        a is renderer.env.get_template(str(t.source))
+        for a, t in zip(compiled, config.templates, strict=True)
+    )
+
+
+def test_a_reload_with_more_templates_keeps_them_all_compiled(ws: Workspace) -> None:
+    """A reload growing the config past 400 templates keeps each compiled template."""
+    ws.templates = []
+    ws.template("t0.j2", "{{ secrets.db.host }}")
+    renderer = Renderer(load_config(ws.write()))
+    for n in range(1, MANY):
+        ws.template(f"t{n}.j2", f"{n} {{{{ secrets.db.host }}}}")
+    config = load_config(ws.write())
+    assert renderer is renderer.for_config(config)
+    for template in config.templates:
+        renderer.render(template, VALUES)
+    compiled = [renderer.env.get_template(str(t.source)) for t in config.templates]
+    for template in config.templates:
+        renderer.render(template, VALUES)
+    assert all(
+        a is renderer.env.get_template(str(t.source))
+        for a, t in zip(compiled, config.templates, strict=True)
+    )
