@@ -6,6 +6,7 @@ from smagent.config import load_config
 from smagent.providers.base import SecretValue
 from smagent.references import SecretRef
 from smagent.render import Renderer
+from smagent.render.context import Words
 from tests.conftest import Workspace
 
 DB = SecretRef("local", "prod/db")
@@ -54,3 +55,12 @@ def test_a_reload_with_more_templates_keeps_them_all_compiled(ws: Workspace) -> 
         a is renderer.env.get_template(str(t.source))
         for a, t in zip(compiled, config.templates, strict=True)
     )
+
+
+def test_words_are_looked_up_in_every_part_without_merging() -> None:
+    """A render's safe words: the config's and the template's, and what is added later."""
+    config_words = frozenset({"prod/db"})
+    words = Words(config_words, frozenset({"host"})) | {"added"}
+    assert all(text in words for text in ("prod/db", "host", "added"))
+    assert "secret-canary" not in words
+    assert frozenset({"prod/db"}) == config_words  # never merged into

@@ -20,7 +20,7 @@ from smagent.config import Config, TemplateSpec
 from smagent.providers.base import FetchResult
 from smagent.references import ReferenceSyntaxError, SecretRef, parse_secret_call
 from smagent.render import arcion, sandbox
-from smagent.render.context import RenderContext, SecretsRoot
+from smagent.render.context import RenderContext, SecretsRoot, Words
 from smagent.render.environment import SecretEnvironment
 from smagent.render.literals import Literals, literals
 from smagent.render.loader import TemplateLoader, Unloadable
@@ -104,18 +104,23 @@ class Renderer:
     def template_file(self, template: TemplateSpec) -> str:
         return str(template.source) if template.source is not None else template.name
 
-    def _known_text(self, name: str, compiled: jinja2.Template) -> frozenset[str]:
+    def _known_text(self, name: str, compiled: jinja2.Template) -> Words:
         """The config's words and the template's literal text (kept while its files are)."""
         cached = self._known.get(name)
         if cached is None or cached[0] is not compiled or not cached[1].current:
-            cached = self._known[name] = (compiled, literals(self.env, self.loader, name))
-        return self._config_known | cached[1].words
+            cached = self._known[name] = (
+                compiled,
+                literals(self.env, self.loader, name),
+            )
+        return Words(self._config_known, cached[1].words)
 
     def render(
         self, template: TemplateSpec, values: Mapping[SecretRef, FetchResult]
     ) -> RenderOutcome:
         """Render once with `values`; see the package docstring for what an outcome means."""
-        ctx = RenderContext(values, self.namespaces, self.providers, known=self._config_known)
+        ctx = RenderContext(
+            values, self.namespaces, self.providers, known=Words(self._config_known)
+        )
         name = self._names.get(template.name) or self._register(template)
         label = self.template_file(template)
         # `show` for undefined values, whose messages are built lazily
