@@ -64,3 +64,22 @@ def test_words_are_looked_up_in_every_part_without_merging() -> None:
     assert all(text in words for text in ("prod/db", "host", "added"))
     assert "secret-canary" not in words
     assert frozenset({"prod/db"}) == config_words  # never merged into
+
+
+def test_literal_words_come_from_the_compile_and_follow_an_edit(ws: Workspace) -> None:
+    """The words a template's messages may show are those of its current text: scanned
+    when it is compiled, and scanned again when the file changes."""
+    ws.templates = []
+    ws.template("t.j2", "{{ secrets.db.alpha_word }}")
+    source = ws.root / "templates" / "t.j2"
+    config = load_config(ws.write())
+    renderer = Renderer(config)
+    template = config.templates[0]
+    first = renderer.render(template, VALUES)
+    assert "'alpha_word'" in str(first.problems[0])
+    assert "alpha_word" in renderer.env.scans[str(template.source)].words
+    source.write_text("{{ secrets.db.beta_word }}")
+    renderer.invalidate([source])
+    second = renderer.render(template, VALUES)
+    assert "'beta_word'" in str(second.problems[0])
+    assert "alpha_word" not in renderer.env.scans[str(template.source)].words

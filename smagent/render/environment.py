@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from jinja2.utils import LRUCache
 
 from smagent import filters
-from smagent.render import arcion, sandbox
+from smagent.render import arcion, literals, sandbox
 from smagent.render.context import NODES, plain_child
 from smagent.render.loader import TemplateLoader
 from smagent.render.messages import StrictUndefined
@@ -46,7 +47,16 @@ class SecretEnvironment(sandbox.BoundedSandbox):
             auto_reload=True,
         )
         self.template_loader = loader
+        self.scans: dict[str, literals.Scan] = {}
+        """Each compiled template's literal text, by name (literals.py)."""
         self.register_filters({name: _waits_for_pending(fn) for name, fn in FILTERS.items()})
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Jinja's parse, scanned for literal text while the tree is at hand (literals.py)."""
+        tree = super()._parse(source, name, filename)
+        if name is not None:
+            self.scans[name] = literals.scan(source, tree)
+        return tree
 
     @contextlib.contextmanager
     def recording(self, files: set[Path]) -> Iterator[None]:
@@ -84,6 +94,8 @@ class SecretEnvironment(sandbox.BoundedSandbox):
 
     def forget(self, names: set[str]) -> None:
         """Drop the compiled templates of `names`: the next load reads their files again."""
+        for name in names:
+            self.scans.pop(name, None)
         if self.cache is None:
             return
         for name in names:

@@ -110,7 +110,7 @@ class Renderer:
         if cached is None or cached[0] is not compiled or not cached[1].current:
             cached = self._known[name] = (
                 compiled,
-                literals(self.env, self.loader, name),
+                literals(self.env, self.loader, name, self.env.scans),
             )
         return Words(self._config_known, cached[1].words)
 
