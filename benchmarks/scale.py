@@ -90,7 +90,8 @@ def build(root: Path, count: int, spread: bool) -> tuple[list[str], list[str], P
         folder = f"d{t % FOLDERS_SPREAD:03d}/" if spread else ""
         relative = f"{folder}t{t:05d}.conf"
         config_lines.append(
-            f"  - {{source: templates/{source.name}, destination: {outputs['smagent'] / relative}}}"
+            # relative, so that 10,000 fit in smagent's config limit of 1 MiB
+            f"  - {{source: templates/{source.name}, destination: out-smagent/{relative}}}"
         )
         jobs.append(f"{source}\t{outputs['minimal'] / relative}\t600\n")
     config = root / "smagent.yaml"
