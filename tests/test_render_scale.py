@@ -83,3 +83,17 @@ def test_literal_words_come_from_the_compile_and_follow_an_edit(ws: Workspace) -
     second = renderer.render(template, VALUES)
     assert "'beta_word'" in str(second.problems[0])
     assert "alpha_word" not in renderer.env.scans[str(template.source)].words
+
+
+def test_templates_naming_one_secret_share_its_lookup_and_label(ws: Workspace) -> None:
+    """Outcomes keep one lookup object and one label string per distinct reference,
+    however many templates name it (memory at 10,000 templates)."""
+    ws.templates = []
+    ws.template("a.j2", "{{ secrets.db.host }}")
+    ws.template("b.j2", "b {{ secrets.db.host }}")
+    config = load_config(ws.write())
+    renderer = Renderer(config)
+    a, b = (renderer.render(template, VALUES) for template in config.templates)
+    assert a.lookups == b.lookups
+    assert {id(lookup) for lookup in a.lookups} == {id(lookup) for lookup in b.lookups}
+    assert all(a.labels[lookup] is b.labels[lookup] for lookup in a.lookups)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import jinja2
 
 from smagent.config import Config, TemplateSpec
 from smagent.providers.base import FetchResult
-from smagent.references import ReferenceSyntaxError, SecretRef, parse_secret_call
+from smagent.references import Lookup, ReferenceSyntaxError, SecretRef, parse_secret_call
 from smagent.render import arcion, sandbox
 from smagent.render.context import RenderContext, SecretsRoot, Words
 from smagent.render.environment import SecretEnvironment
@@ -46,6 +47,8 @@ class Renderer:
         self.env = SecretEnvironment(self.loader)
         self.arcion: arcion.ArcionTokens = self.env.extensions[arcion.ArcionTokens.identifier]  # type: ignore[assignment]
         self._known: dict[str, tuple[jinja2.Template, Literals]] = {}
+        self._lookups: dict[Lookup, Lookup] = {}
+        """One object per distinct lookup, shared by every outcome naming it."""
         self._configure(config)
 
     def _configure(self, config: Config) -> None:
@@ -172,10 +175,12 @@ class Renderer:
             return filename
         return COMPUTED
 
-    @staticmethod
-    def _outcome(ctx: RenderContext, **kwargs: Any) -> RenderOutcome:
-        lookups = frozenset(ctx.lookups)
-        labels = {lookup: ctx.label(lookup) for lookup in lookups}
+    def _outcome(self, ctx: RenderContext, **kwargs: Any) -> RenderOutcome:
+        # Shared: thousands of templates naming the same few hundred secrets kept a copy
+        # of each lookup and label per template (most of the memory of a pass at scale).
+        shared = self._lookups
+        lookups = frozenset(shared.setdefault(lookup, lookup) for lookup in ctx.lookups)
+        labels = {lookup: sys.intern(ctx.label(lookup)) for lookup in lookups}
         return RenderOutcome(lookups, labels=labels, files=frozenset(ctx.files), **kwargs)
 
     def _unfinished(self, ctx: RenderContext, label: str, exc: Exception | None) -> RenderOutcome:
