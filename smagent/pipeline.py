@@ -27,7 +27,7 @@ from smagent import writer
 from smagent.actions import ActionResult, coalesce
 from smagent.config import Action, Config, TemplateSpec
 from smagent.logging import get_logger
-from smagent.providers.base import Provider
+from smagent.providers.base import FetchResult, Provider
 from smagent.references import Lookup, SecretRef
 from smagent.regular_file import read_regular
 from smagent.render import Problem, Renderer, RenderOutcome
@@ -189,8 +189,10 @@ class Pipeline:
         result = PassResult(fetched=fetched)
         if journal is not None:
             result.record = await self._record_owed(chosen, outcomes, journal)
-        for template, outcome in zip(chosen, outcomes, strict=True):
-            result.templates.append(await self._finish(template, outcome, dry_run=False))
+        writes = await asyncio.to_thread(_write_batch, chosen, outcomes)
+        for template, outcome, written in zip(chosen, outcomes, writes, strict=True):
+            finished = self._written(template, outcome, written)
+            result.templates.append(dataclasses.replace(finished, files=outcome.files))
         changed = [t for t in result.templates if t.status is Status.WRITTEN]
         result.due = coalesce(a for t in changed for a in t.template.on_change)
         if result.record is not None:  # recorded but owed by no file written after all
@@ -236,9 +238,9 @@ class Pipeline:
         still: list[int] = []
         for round_number in range(1, MAX_ROUNDS + 1):
             values = dict(resolver.results)
-            rendered = await asyncio.gather(
-                *(asyncio.to_thread(self.renderer.render, templates[i], values) for i in pending)
-            )
+            # One thread call a round: renders hold the GIL, so one thread per template only
+            # made them fight for it (and froze the event loop while they did).
+            rendered = await asyncio.to_thread(self._render_round, templates, pending, values)
             missing: set[SecretRef] = set()
             still = []
             for index, outcome in zip(pending, rendered, strict=True):
@@ -263,6 +265,14 @@ class Pipeline:
                 )
         return [outcomes[i] for i in range(len(templates))]
 
+    def _render_round(
+        self,
+        templates: Sequence[TemplateSpec],
+        indexes: Sequence[int],
+        values: Mapping[SecretRef, FetchResult],
+    ) -> list[RenderOutcome]:
+        return [self.renderer.render(templates[i], values) for i in indexes]
+
     async def _finish(
         self, template: TemplateSpec, outcome: RenderOutcome, dry_run: bool
     ) -> TemplateResult:
@@ -272,8 +282,24 @@ class Pipeline:
     async def _finish_one(
         self, template: TemplateSpec, outcome: RenderOutcome, dry_run: bool
     ) -> TemplateResult:
-        name = template.name
         if outcome.output is None:
+            return self._written(template, outcome, None)
+        spec = writer.FileSpec(template.destination, template.mode, template.owner, template.group)
+        try:
+            if dry_run:
+                return await self._dry_run(template, spec, outcome)
+            written: _Written = await writer.write_file_async(spec, outcome.output)
+        except (writer.WriteError, ValueError) as exc:
+            written = exc
+        return self._written(template, outcome, written)
+
+    def _written(
+        self, template: TemplateSpec, outcome: RenderOutcome, written: _Written | None
+    ) -> TemplateResult:
+        """The result of a template, logged: failed to render (`written` None), failed to
+        write (an exception), or written / unchanged / fixed."""
+        name = template.name
+        if written is None:
             for problem in outcome.problems:
                 if problem.error is not None:
                     log.error(
@@ -286,13 +312,8 @@ class Pipeline:
                 else:
                     log.error("template.failed", template=name, error=str(problem))
             return TemplateResult(template, Status.FAILED, outcome.lookups, outcome.problems)
-        spec = writer.FileSpec(template.destination, template.mode, template.owner, template.group)
-        try:
-            if dry_run:
-                return await self._dry_run(template, spec, outcome)
-            written = await writer.write_file_async(spec, outcome.output)
-        except (writer.WriteError, ValueError) as exc:
-            problem = Problem(str(exc), str(template.destination))
+        if isinstance(written, Exception):
+            problem = Problem(str(written), str(template.destination))
             log.error("template.failed", template=name, error=str(problem))
             return TemplateResult(
                 template, Status.FAILED, outcome.lookups, (problem,), write_failed=True
@@ -321,6 +342,29 @@ class Pipeline:
             return TemplateResult(template, Status.WOULD_FIX_METADATA, outcome.lookups)
         lines = await asyncio.to_thread(_changed_lines, template, outcome.output)
         return TemplateResult(template, Status.WOULD_WRITE, outcome.lookups, changed_lines=lines)
+
+
+_Written = writer.WriteOutcome | writer.WriteError | ValueError
+"""What writing one file came to: its outcome, or why it failed."""
+
+
+def _write_batch(
+    templates: Sequence[TemplateSpec], outcomes: Sequence[RenderOutcome]
+) -> list[_Written | None]:
+    """Write every rendered file, in order, in the calling thread (one thread call a pass:
+    a call per file cost more in hand-offs than the writes that were not needed).
+    None for a template with nothing to write."""
+    written: list[_Written | None] = []
+    for template, outcome in zip(templates, outcomes, strict=True):
+        if outcome.output is None:
+            written.append(None)
+            continue
+        spec = writer.FileSpec(template.destination, template.mode, template.owner, template.group)
+        try:
+            written.append(writer.write_file(spec, outcome.output))
+        except (writer.WriteError, ValueError) as exc:
+            written.append(exc)
+    return written
 
 
 def _will_replace(candidates: list[tuple[TemplateSpec, bytes]]) -> list[TemplateSpec]:

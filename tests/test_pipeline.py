@@ -240,3 +240,22 @@ async def test_deadline_covers_the_whole_pass(tmp_path: Path) -> None:
     (item,) = result.templates  # type: ignore[attr-defined]
     assert Status.FAILED == item.status
     assert "no answer within 0.5s" in str(item.problems[0])
+
+
+async def test_a_write_that_fails_fails_its_template_only(tmp_path: Path) -> None:
+    """Writes of a pass go in one batch: one failing (its folder is a file) fails that
+    template, as a write failure, and the files before and after it are still written."""
+    store = MemoryProvider("mem", {"ok": "fine"})
+    ws = memory_workspace(tmp_path, mem=store)
+    ws.namespaces = {"s": {"provider": "mem"}}
+    first = ws.template("a.j2", "{{ secrets.s.ok }} a\n")
+    ws.template("b.j2", "{{ secrets.s.ok }} b\n", destination="blocker/b")
+    last = ws.template("c.j2", "{{ secrets.s.ok }} c\n")
+    config = load_config(ws.write())
+    (ws.root / "blocker").write_text("a file where a folder should be\n")  # after the check
+    result = await Pipeline(config, {"mem": store}).run()
+    templates = result.templates
+    assert [Status.WRITTEN, Status.FAILED, Status.WRITTEN] == [t.status for t in templates]
+    assert [False, True, False] == [t.write_failed for t in templates]
+    assert "blocker" in str(templates[1].problems[0])
+    assert ("fine a\n", "fine c\n") == (first.read_text(), last.read_text())

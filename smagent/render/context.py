@@ -14,7 +14,7 @@ the pipeline can fetch it (see the package docstring).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,23 @@ from smagent.render.outcome import COMPUTED, ReferenceProblem
 from smagent.values import Binary, JsonArray, JsonObject, parse_json_text
 
 
+class Words:
+    """Text safe to show in messages: several sets looked up in turn, never merged. A
+    render's words are the config's (one per template path: thousands) and its template's
+    (a few dozen); merging them copied the config's for every render."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, *parts: Set[str]) -> None:
+        self._parts = parts
+
+    def __contains__(self, text: object) -> bool:
+        return any(text in part for part in self._parts)
+
+    def __or__(self, more: Set[str]) -> Words:
+        return Words(*self._parts, more)
+
+
 @dataclass(slots=True)
 class RenderContext:
     """The values of one render, and what the template asked for."""
@@ -35,7 +52,7 @@ class RenderContext:
     values: Mapping[SecretRef, FetchResult]
     namespaces: Mapping[str, Namespace]
     providers: frozenset[str]
-    known: frozenset[str] = frozenset()
+    known: Words = field(default_factory=Words)
     """Text written literally in the template or the config: safe to show in messages."""
     lookups: set[Lookup] = field(default_factory=set)
     missing: set[SecretRef] = field(default_factory=set)
@@ -238,7 +255,7 @@ def extract(lookup: Lookup, result: FetchResult) -> str | bytes:
     """The text (or bytes) at `lookup` in a fetched secret, as `smagent get` prints it."""
     typed = [lookup.ref.secret_id, lookup.ref.version, lookup.ref.stage, *lookup.key]
     known = frozenset(text for text in typed if text is not None)
-    ctx = RenderContext({lookup.ref: result}, {}, frozenset(), known=known)
+    ctx = RenderContext({lookup.ref: result}, {}, frozenset(), known=Words(known))
     value = ctx.value(lookup)
     if isinstance(value, Binary):
         return value.reveal()

@@ -13,14 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
+from jinja2.utils import LRUCache
 
 from smagent import filters
-from smagent.render import arcion, sandbox
+from smagent.render import arcion, literals, sandbox
 from smagent.render.context import NODES, plain_child
 from smagent.render.loader import TemplateLoader
 from smagent.render.messages import StrictUndefined
 from smagent.render.scram import scram_filter
 from smagent.values import Binary, BinaryAsTextError, JsonArray, JsonObject
+
+CACHE_ROOM = 400
+"""Compiled templates kept beyond the configured ones: includes, imports, computed names."""
 
 _FILES: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar(
     "smagent_render_files", default=None
@@ -42,7 +47,16 @@ class SecretEnvironment(sandbox.BoundedSandbox):
             auto_reload=True,
         )
         self.template_loader = loader
+        self.scans: dict[str, literals.Scan] = {}
+        """Each compiled template's literal text, by name (literals.py)."""
         self.register_filters({name: _waits_for_pending(fn) for name, fn in FILTERS.items()})
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Jinja's parse, scanned for literal text while the tree is at hand (literals.py)."""
+        tree = super()._parse(source, name, filename)
+        if name is not None:
+            self.scans[name] = literals.scan(source, tree)
+        return tree
 
     @contextlib.contextmanager
     def recording(self, files: set[Path]) -> Iterator[None]:
@@ -65,8 +79,23 @@ class SecretEnvironment(sandbox.BoundedSandbox):
             if files is not None and isinstance(name, str):
                 files.update(self.template_loader.looked_at.get(name, ()))
 
+    def hold(self, templates: int) -> None:
+        """Size the compiled-template cache to keep `templates` configured templates plus room
+        for what they include: Jinja's default of 400 made every template past the 400th
+        compile again in each render round (and again each pass)."""
+        capacity = templates + CACHE_ROOM
+        cache = self.cache
+        if not isinstance(cache, LRUCache) or cache.capacity >= capacity:
+            return
+        bigger = LRUCache(capacity)
+        for key, template in reversed(cache.items()):  # oldest first: recency kept
+            bigger[key] = template
+        self.cache = bigger
+
     def forget(self, names: set[str]) -> None:
         """Drop the compiled templates of `names`: the next load reads their files again."""
+        for name in names:
+            self.scans.pop(name, None)
         if self.cache is None:
             return
         for name in names:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ import jinja2
 
 from smagent.config import Config, TemplateSpec
 from smagent.providers.base import FetchResult
-from smagent.references import ReferenceSyntaxError, SecretRef, parse_secret_call
+from smagent.references import Lookup, ReferenceSyntaxError, SecretRef, parse_secret_call
 from smagent.render import arcion, sandbox
-from smagent.render.context import RenderContext, SecretsRoot
+from smagent.render.context import RenderContext, SecretsRoot, Words
 from smagent.render.environment import SecretEnvironment
 from smagent.render.literals import Literals, literals
 from smagent.render.loader import TemplateLoader, Unloadable
@@ -46,6 +47,8 @@ class Renderer:
         self.env = SecretEnvironment(self.loader)
         self.arcion: arcion.ArcionTokens = self.env.extensions[arcion.ArcionTokens.identifier]  # type: ignore[assignment]
         self._known: dict[str, tuple[jinja2.Template, Literals]] = {}
+        self._lookups: dict[Lookup, Lookup] = {}
+        """One object per distinct lookup, shared by every outcome naming it."""
         self._configure(config)
 
     def _configure(self, config: Config) -> None:
@@ -54,6 +57,7 @@ class Renderer:
         self._config_known = frozenset(_config_words(config))
         self.loader.inline.clear()
         self._names: dict[str, str] = {}
+        self.env.hold(len(config.templates))
         for template in config.templates:
             self._names[template.name] = self._register(template)
 
@@ -103,18 +107,23 @@ class Renderer:
     def template_file(self, template: TemplateSpec) -> str:
         return str(template.source) if template.source is not None else template.name
 
-    def _known_text(self, name: str, compiled: jinja2.Template) -> frozenset[str]:
+    def _known_text(self, name: str, compiled: jinja2.Template) -> Words:
         """The config's words and the template's literal text (kept while its files are)."""
         cached = self._known.get(name)
         if cached is None or cached[0] is not compiled or not cached[1].current:
-            cached = self._known[name] = (compiled, literals(self.env, self.loader, name))
-        return self._config_known | cached[1].words
+            cached = self._known[name] = (
+                compiled,
+                literals(self.env, self.loader, name, self.env.scans),
+            )
+        return Words(self._config_known, cached[1].words)
 
     def render(
         self, template: TemplateSpec, values: Mapping[SecretRef, FetchResult]
     ) -> RenderOutcome:
         """Render once with `values`; see the package docstring for what an outcome means."""
-        ctx = RenderContext(values, self.namespaces, self.providers, known=self._config_known)
+        ctx = RenderContext(
+            values, self.namespaces, self.providers, known=Words(self._config_known)
+        )
         name = self._names.get(template.name) or self._register(template)
         label = self.template_file(template)
         # `show` for undefined values, whose messages are built lazily
@@ -166,10 +175,12 @@ class Renderer:
             return filename
         return COMPUTED
 
-    @staticmethod
-    def _outcome(ctx: RenderContext, **kwargs: Any) -> RenderOutcome:
-        lookups = frozenset(ctx.lookups)
-        labels = {lookup: ctx.label(lookup) for lookup in lookups}
+    def _outcome(self, ctx: RenderContext, **kwargs: Any) -> RenderOutcome:
+        # Shared: thousands of templates naming the same few hundred secrets kept a copy
+        # of each lookup and label per template (most of the memory of a pass at scale).
+        shared = self._lookups
+        lookups = frozenset(shared.setdefault(lookup, lookup) for lookup in ctx.lookups)
+        labels = {lookup: sys.intern(ctx.label(lookup)) for lookup in lookups}
         return RenderOutcome(lookups, labels=labels, files=frozenset(ctx.files), **kwargs)
 
     def _unfinished(self, ctx: RenderContext, label: str, exc: Exception | None) -> RenderOutcome:
