@@ -7,7 +7,7 @@
             idle event loop) over IDLE seconds while nothing changes
 
 Each for the default step (smagent.watch.STEP_MS) and, for comparison, other steps.
-Usage: `python benchmarks/watch.py [IDLE_SECONDS] [STEP_MS...]`.
+Usage: `python benchmarks/watch.py [IDLE_SECONDS] [STEP_MS...]` (or `--smoke`).
 """
 
 from __future__ import annotations
@@ -65,8 +65,11 @@ async def measure(step_ms: int, idle_s: float) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    idle_s = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
-    steps = [int(s) for s in sys.argv[2:]] or [STEP_MS, 50]
+    args = [a for a in sys.argv[1:] if a != "--smoke"]
+    if len(args) < len(sys.argv) - 1:  # --smoke: a one-second run that proves the script works
+        args = ["1", str(STEP_MS)]
+    idle_s = float(args[0]) if args else 10.0
+    steps = [int(s) for s in args[1:]] or [STEP_MS, 50]
     print(f"{PATHS} paths in 5 folders; {WRITES} writes; idle {idle_s:g} s")
     for step in steps:
         median, worst, cpu = asyncio.run(measure(step, idle_s))
