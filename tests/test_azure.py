@@ -616,6 +616,22 @@ async def test_many_concurrent_reads_share_one_token(
     assert 1 == sum(1 for seen in vault.requests if seen.status == 401)
 
 
+async def test_first_reads_that_waited_for_the_challenge_then_run_concurrently(
+    vault: KeyVaultFake, secret_file: Path
+) -> None:
+    """Ten first reads at once: after the one that learns the challenge, the nine overlap."""
+    for i in range(10):
+        vault.put(f"s{i}", KV_CANARY)
+    vault.latency = 0.3
+    async with AzureProvider("kv", settings(vault, secret_file)) as provider:
+        found = await provider.fetch([ref(f"s{i}") for i in range(10)])
+    assert all(isinstance(v, SecretValue) for v in found.values())
+    later = sorted(seen.at for seen in vault.vault_reads())[1:]
+    assert 9 == len(later)
+    # one at a time, the nine would arrive 0.3 s apart (2.4 s from first to last)
+    assert later[-1] - later[0] < 0.3, later
+
+
 def test_test_connection_command(ws: Workspace, vault: KeyVaultFake, secret_file: Path) -> None:
     """`smagent test-connection`: ok against the vault; a refused client secret fails, exit 1."""
     azure_workspace(ws, vault, secret_file)

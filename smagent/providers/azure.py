@@ -253,23 +253,24 @@ class AzureProvider(BaseProvider):
 
     async def _read(self, ref: SecretRef) -> SecretValue:
         await self.open()
-        if self._learned:
-            return await self._get(ref)
-        async with self._learning:
-            # The SDK learns the vault's tenant from a 401 to a bare first request, per
-            # client. Until one answer has taught it, every concurrent first read would send
-            # its own bare request (doubling a first pass): the first read goes alone.
-            if self._learned:
-                return await self._get(ref)
-            try:
-                value = await self._get(ref)
-            except Unavailable:
-                raise  # the vault was not reached: the next read learns instead
-            except ProviderError:
-                self._learned = True
-                raise
-            self._learned = True
-            return value
+        if not self._learned:
+            async with self._learning:
+                # The SDK learns the vault's tenant from a 401 to a bare first request, per
+                # client. Until one answer has taught it, every concurrent first read would
+                # send its own bare request (doubling a first pass): the first read goes alone.
+                # The reads that waited here read after leaving the lock, all at once: read
+                # inside it, they went one at a time (100 reads took 100 round trips).
+                if not self._learned:
+                    try:
+                        value = await self._get(ref)
+                    except Unavailable:
+                        raise  # the vault was not reached: the next read learns instead
+                    except ProviderError:
+                        self._learned = True
+                        raise
+                    self._learned = True
+                    return value
+        return await self._get(ref)
 
     async def _get(self, ref: SecretRef) -> SecretValue:
         assert self._client is not None
