@@ -48,13 +48,66 @@ def every(seconds: float) -> Scheduler:
     return Scheduler(lambda ref: seconds)
 
 
-def test_a_good_secret_is_looked_at_on_its_refresh_shortened_by_jitter() -> None:
-    """The delay is the secret's refresh less up to 10 % of jitter: never later, never all the
-    same (a fleet started together spreads its checks)."""
-    plan = every(300)
-    delays = [plan.plan(DB, good()) for _ in range(DRAWS)]
-    assert all(270 <= d <= 300 for d in delays), (min(delays), max(delays))
-    assert max(delays) - min(delays) > 15
+def test_first_looks_are_jittered_per_host_later_looks_keep_the_refresh() -> None:
+    """A secret's first look comes up to 10 % early by the host's own draw (hosts started
+    together spread), the same for all its secrets; later looks keep the exact refresh."""
+    firsts = [every(300).plan(DB, good()) for _ in range(DRAWS)]
+    assert all(270 <= d <= 300 for d in firsts), (min(firsts), max(firsts))
+    assert max(firsts) - min(firsts) > 15
+    host = every(300)
+    first = host.plan(DB, good())
+    assert first == pytest.approx(host.plan(API, good(API)), abs=0.01)
+    later = []
+    for _ in range(5):
+        host.now([DB, API])
+        assert {DB, API} == set(host.take_due())
+        later += [host.plan(DB, good()), host.plan(API, good(API))]
+    assert [300.0] * 10 == later
+
+
+def test_a_hosts_secrets_stay_in_one_batch_cycle_after_cycle() -> None:
+    """500 secrets checked together are due together again, every cycle (one batched check,
+    not a scatter of per-secret jitter that grows until each check is a call of its own)."""
+    plan = every(30)
+    refs = [SecretRef("aws", f"app/{i}") for i in range(500)]
+    for ref in refs:
+        plan.plan(ref, good(ref))
+    for _ in range(5):
+        plan.now(refs)  # due (as they will be together, asserted below): taken as one
+        assert set(refs) == set(plan.take_due())
+        for ref in refs:
+            plan.plan(ref, good(ref))
+        due = [plan._due[ref] for ref in refs]
+        assert max(due) - min(due) < scheduler.GROUP_WINDOW / 10
+
+
+def test_a_secret_planned_apart_joins_its_providers_next_batch() -> None:
+    """A secret new after a reload (or back after a failure) is looked at with the next
+    batch of its provider at the same refresh, not on a clock of its own; another provider's
+    or another refresh's batch is not joined, nor a failing secret's retry."""
+    plan = Scheduler(lambda ref: 60.0 if ref.secret_id == "slow" else 30.0)
+    batch = [SecretRef("aws", f"app/{i}") for i in range(3)]
+    batch_due = time.monotonic() + 10  # the provider's next batch, planned 20 s ago
+    for ref in batch:
+        plan.at(ref, batch_due, joinable=True)
+    new = SecretRef("aws", "new")
+    plan.plan(new, good(new))
+    assert batch_due == pytest.approx(plan._due[new], abs=0.001)
+    back = SecretRef("aws", "back")
+    plan.plan(back, failing(Unavailable(back, "down"), 1, back))
+    plan.plan(back, good(back))
+    assert batch_due == pytest.approx(plan._due[back], abs=0.001)
+    other = SecretRef("vault", "app")
+    slow = SecretRef("aws", "slow")
+    for ref in (other, slow):
+        plan.plan(ref, good(ref))
+        assert batch_due < plan._due[ref] - 1
+    retrying = SecretRef("aws", "retrying")
+    plan.forget([*batch, new, back])
+    plan.plan(retrying, failing(Unavailable(retrying, "down"), 1, retrying))  # due within 1 s
+    late = SecretRef("aws", "late")
+    plan.plan(late, good(late))
+    assert plan._due[late] > plan._due[retrying] + 20
 
 
 def test_each_secret_has_its_own_refresh() -> None:
