@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
 from smagent.config import EnvProviderConfig, ProviderConfig, load_config
@@ -210,6 +211,33 @@ async def test_file_missing_is_unavailable(tmp_path: Path) -> None:
     assert True is info.value.transient
     assert [Unavailable, Unavailable] == [type(r) for r in results.values()]
     assert [ref("a"), ref("b")] == [r.ref for r in results.values()]
+
+
+async def test_a_broken_secrets_file_is_the_provider_down_told_once_then_recovered(
+    tmp_path: Path,
+) -> None:
+    """The whole file unreadable (a FIFO in its place, then too large) is one
+    provider.unavailable however many fetches meet it, and the state the agent's status shows;
+    a good file again is one provider.recovered. A secret missing from a good file is not."""
+    provider = file_store(tmp_path, "a: b\n")
+    path = tmp_path / "secrets.yaml"
+    with structlog.testing.capture_logs() as events:
+        await provider.fetch([ref("a"), ref("nope")])
+        path.unlink()
+        os.mkfifo(path, 0o600)
+        await provider.fetch([ref("a")])
+        path.unlink()
+        path.write_text("a: " + "x" * (MAX_FILE_BYTES + 1) + "\n")
+        await provider.fetch([ref("a")])
+        assert "unavailable" == provider.health.state
+        path.write_text("a: c\n")
+        await provider.fetch([ref("a")])
+
+    assert ["provider.unavailable", "provider.recovered"] == [
+        e["event"] for e in events if e["event"].startswith("provider.")
+    ]
+    assert "is not a regular file" in events[0]["detail"]
+    assert "ok" == provider.health.state
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])

@@ -72,7 +72,16 @@ class FileProvider(BaseProvider):
         self._worker = BlockingWorker(name)
 
     async def fetch(self, refs: Sequence[SecretRef]) -> Mapping[SecretRef, FetchResult]:
-        return await self._worker.run(lambda: self._fetch(refs))
+        results, broken = await self._worker.run(lambda: self._fetch(refs))
+        # the whole file unreadable is this provider down, told once per change of state
+        # (`provider.unavailable` ... `provider.recovered`, and in the agent's status), as a
+        # network store's outage is; one secret missing from a good file is not
+        if broken is not None:
+            self.health.failed(broken, f"read {self.path}", first=True)
+            self.health.finished(ok=False, had_failed=True)
+        else:
+            self.health.finished(ok=True, had_failed=False)
+        return results
 
     async def test_connection(self) -> None:
         await self._worker.run(self._load)
@@ -80,12 +89,14 @@ class FileProvider(BaseProvider):
     async def close(self) -> None:
         self._worker.close()
 
-    def _fetch(self, refs: Sequence[SecretRef]) -> dict[SecretRef, FetchResult]:
+    def _fetch(
+        self, refs: Sequence[SecretRef]
+    ) -> tuple[dict[SecretRef, FetchResult], ProviderError | None]:
         try:
             data = self._load()
         except ProviderError as exc:
-            return {ref: exc.for_ref(ref) for ref in refs}
-        return {ref: self._one(data, ref) for ref in refs}
+            return {ref: exc.for_ref(ref) for ref in refs}, exc
+        return {ref: self._one(data, ref) for ref in refs}, None
 
     def _one(self, data: Mapping[str, Any], ref: SecretRef) -> FetchResult:
         if ref.version is not None or ref.stage is not None:
