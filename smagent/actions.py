@@ -100,6 +100,8 @@ async def run_action(action: Action) -> ActionResult:
             detail = await _signal_pidfile(action)
     except ActionFailed as exc:
         return ActionResult(label, False, str(exc), exc.output)
+    except OSError as exc:  # the host itself refused (no room for the output file, ...)
+        return ActionResult(label, False, f"could not be run: {exc.strerror or type(exc).__name__}")
     return ActionResult(label, True, detail)
 
 
@@ -184,7 +186,7 @@ async def _run_command(argv: list[str], limit: float) -> str:
     without end fills neither the disk nor our memory. Past the limit the
     whole process group is killed, as it is when the wait is cancelled.
     """
-    with tempfile.TemporaryFile() as output:
+    with await asyncio.to_thread(tempfile.TemporaryFile) as output:
         fd = output.fileno()
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         try:

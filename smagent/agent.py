@@ -191,7 +191,11 @@ class Agent:
                         await self._wake.wait()
             if self._reload_wanted:
                 self._reload_wanted = False
-                await self._reload()
+                try:
+                    await self._reload()
+                except Exception as exc:  # a bug of ours in a reload: keep the running config
+                    log.error("agent.reload_crashed", error_type=type(exc).__name__)
+                    self._reject([f"the reload failed ({type(exc).__name__})"])
             self._retry_failed_writes()
             if self._dirty and self._quiet_enough():
                 names, self._dirty = self._dirty, set()
@@ -712,7 +716,9 @@ async def _open_all(configs: Mapping[str, ProviderConfig]) -> dict[str, Provider
     try:
         for name, cfg in configs.items():
             try:
-                provider = create_provider(name, cfg)
+                # a store's SDK is imported, and a credential file read, when it is built:
+                # not on the loop (a reload must not stall the watchdog)
+                provider = await asyncio.to_thread(create_provider, name, cfg)
                 opened[name] = await provider.__aenter__()
             except ProviderSetupError as exc:
                 raise StartError(str(exc)) from None

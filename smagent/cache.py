@@ -314,7 +314,8 @@ class SecretCache:
                 stats.last_success = time.time()
             else:
                 stats.errors += 1
-                stats.last_error = f"{result.kind}: {result.detail}"
+                # scrubbed now: the value it may quote can be retired before status shows it
+                stats.last_error = self.redactor.scrub(f"{result.kind}: {result.detail}")
                 if isinstance(result, Throttled):
                     stats.throttles += 1
 

@@ -159,7 +159,7 @@ def scrubbed(status: AgentStatus, scrub: Callable[[str], str]) -> AgentStatus:
         config_error=text(status.config_error),
         templates=[replace(t, error=text(t.error)) for t in status.templates],
         providers=[replace(p, last_error=text(p.last_error)) for p in status.providers],
-        leases=list(status.leases),
+        leases=[replace(lease, secret=scrub(lease.secret)) for lease in status.leases],
         pending_actions=[replace(a, last_error=text(a.last_error)) for a in status.pending_actions],
     )
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from smagent.actions import ActionResult, action_key, describe, run_action
 from smagent.config import Action, Config
-from smagent.logging import get_logger
+from smagent.logging import REDACTOR, get_logger
 from smagent.state import PENDING_DIR, StateDirError, ensure_state_dir, state_dir_for
 
 log = get_logger()
@@ -398,7 +398,10 @@ class Ledger:
             owed.again = False
             before = list(owed.records)
             try:  # running until settled: a pass owing it meanwhile must see it running
-                result = await run_action(owed.action)
+                try:
+                    result = await run_action(owed.action)
+                except Exception as exc:  # our bug: a failure like any other, with its backoff
+                    result = ActionResult(describe(owed.action), False, type(exc).__name__)
                 results.append(result)
                 owed.attempts += 1
                 if result.ok:
@@ -414,7 +417,10 @@ class Ledger:
                 else:
                     del self.owed[key]
                 continue
-            owed.last_error = result.detail
+            owed.last_error = REDACTOR.scrub(result.detail)
+            if len(owed.records) > 1:  # the newest record keeps it owed: one file, one fd
+                older, owed.records = owed.records[:-1], owed.records[-1:]
+                await asyncio.to_thread(_settle, older, key)
             delay = min(MAX_RETRY, FIRST_RETRY * 2.0 ** min(owed.attempts - 1, 30))
             owed.next_try = time.monotonic() + delay
             log.error(

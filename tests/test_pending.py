@@ -440,6 +440,44 @@ async def test_a_failed_action_backs_off_and_stays_on_disk(tmp_path: Path) -> No
     assert ledger.next_try() == 0.0
 
 
+async def test_an_action_failing_for_weeks_keeps_one_record_and_one_fd(tmp_path: Path) -> None:
+    """Every pass that changes a file while its action keeps failing records it again; after
+    each failed run only the newest record holds it, so files in pending/ and open fds do
+    not pile up until the process runs out of them."""
+    log = tmp_path / "runs.log"
+    config = make_config(tmp_path, [[{"command": counting_command(log, "try", fail=True)}]])
+    (action,) = actions_of(config)
+    journal = await Journal.open(config)
+    ledger = Ledger()
+    for _ in range(5):
+        ledger.add([action], await journal.record([action], ["t0"]))
+        await ledger.run()
+    (owed,) = ledger.owed.values()
+    assert 1 == len(owed.records)
+    assert 1 == len(pending_files(config))
+    ledger.release()
+
+
+async def test_an_action_that_raises_is_a_failure_with_backoff(tmp_path: Path) -> None:
+    """A host that refuses the command's output file (no /tmp) fails the action like any
+    other failure, with its backoff: no exception out of the ledger, no busy loop."""
+    import tempfile
+
+    log = tmp_path / "runs.log"
+    config = make_config(tmp_path, [[{"command": counting_command(log, "x")}]])
+    (action,) = actions_of(config)
+    ledger = Ledger()
+    ledger.add([action], None)
+    saved, tempfile.tempdir = tempfile.tempdir, str(tmp_path / "no-such-folder")
+    try:
+        [result] = await ledger.run()
+    finally:
+        tempfile.tempdir = saved
+    assert (False, "could not be run: No such file or directory") == (result.ok, result.detail)
+    assert [] == ledger.due(time.monotonic())
+    assert [] == runs(log)
+
+
 async def test_an_action_owed_again_while_it_runs_runs_once_more(tmp_path: Path) -> None:
     """A pass that owes an action while that action is running (it may have read the old file)
     gets one more run after it; each record is settled by the run that followed it."""
