@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests import leaks
 from tests.agent_config import AWS_ENV
-from tests.agent_process import AgentFactory, AgentProcess, Event
+from tests.agent_process import AgentFactory, AgentProcess
 from tests.e2e.conftest import unique_roles
-from tests.e2e.dbhost import DbHost, RenameWatch, example_config, postgres_owner, write_config
+from tests.e2e.dbhost import (
+    DbHost,
+    RenameWatch,
+    event_time,
+    example_config,
+    postgres_owner,
+    write_config,
+)
 from tests.e2e.load import LoadLoop
 from tests.e2e.rotation import Rotator
 from tests.fakes.moto_server import REGION, MotoFake
@@ -41,11 +49,6 @@ pgbouncer within about this, and the suite stays short."""
 ROTATIONS = 10
 USERLIST = "pgbouncer-userlist"
 CLIENTS = "app-pg-service"
-
-
-def event_time(event: Event) -> float:
-    """The agent's own timestamp of a log event, as time.time()."""
-    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 def start_host(
@@ -62,12 +65,6 @@ def start_host(
     clients_file = folder / "app" / "pg_service.conf"
     clients_file.parent.mkdir()
     leaks.allow_secrets_in(clients_file)
-    dbhost.userlist.write_text("")
-    owner = postgres_owner()
-    if owner:
-        import shutil
-
-        shutil.chown(dbhost.userlist, owner["owner"], owner["group"])
     dbhost.start_pgbouncer()
     config = example_config(
         dbhost,
@@ -91,12 +88,16 @@ def test_alternating_users_rotate_with_zero_failed_connections(
     new_password: Callable[[], str],
     agent: AgentFactory,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Ten alternating-users rotations under 25 connections/s: no connection fails, and each
     rotation reloads pgbouncer exactly once."""
     rotator = Rotator(secretsmanager, dbhost, new_password)
-    rotator.bootstrap(unique_roles("alt"))
+    users = unique_roles("alt")
+    rotator.bootstrap(users)
     process, _config, clients_file = start_host(dbhost, moto, agent, tmp_path)
+    info = dbhost.userlist.stat()
+    assert (0o640, postgres_uid()) == (info.st_mode & 0o777, info.st_uid)
     rows = []
     with LoadLoop(dbhost.conninfo(), clients_file) as load:
         load.wait_attempts(10)
@@ -104,8 +105,11 @@ def test_alternating_users_rotate_with_zero_failed_connections(
             mark = process.mark()
             rotation = rotator.rotate(alternating=True)
             written = process.wait_for("template.rendered", since=mark, template=CLIENTS)
-            [userlist] = process.events("template.rendered", since=mark, template=USERLIST)
+            userlists = process.events("template.rendered", since=mark, template=USERLIST)
+            assert 1 == len(userlists), "the userlist is written once per rotation"
+            userlist = userlists[0]
             reloads = dbhost.wait_reloads(1 + number)
+            assert sorted(users) == listed_users(dbhost.userlist)
             rows.append(
                 (
                     event_time(userlist) - rotation.put_at,
@@ -117,9 +121,24 @@ def test_alternating_users_rotate_with_zero_failed_connections(
         load.wait_attempts(10)
     time.sleep(0.3)  # a late reload would show in pgbouncer's log by now
     assert 1 + ROTATIONS == len(dbhost.reloads()), "one reload per rotation"
+    # libpq itself reads the rendered service file (the load loop parsed it by hand)
+    monkeypatch.setenv("PGSERVICEFILE", str(clients_file))
+    with psycopg.connect(f"service=app {dbhost.conninfo()}", connect_timeout=5) as conn:
+        row = conn.execute("SELECT current_user").fetchone()
+    assert row is not None
+    assert rotator.stage("AWSCURRENT")["username"] == row[0]
     report("alternating users", load, rows)
     assert [] == load.failures()
     assert 20 <= load.rate_seen()
+
+
+def listed_users(userlist: Path) -> list[str]:
+    """The user names in pgbouncer's auth_file, in file order (the verifiers are not read)."""
+    return [line.split('" "', 1)[0].lstrip('"') for line in userlist.read_text().splitlines()]
+
+
+def postgres_uid() -> int:
+    return pwd.getpwnam("postgres").pw_uid if postgres_owner() else os.geteuid()
 
 
 def report(title: str, load: LoadLoop, rows: Sequence[tuple[float, ...]]) -> None:
@@ -374,7 +393,6 @@ def test_alternating_users_with_a_plain_put_race_the_reload(
     clients_file = tmp_path / "app" / "pg_service.conf"
     clients_file.parent.mkdir()
     leaks.allow_secrets_in(clients_file)
-    dbhost.userlist.write_text("")
     dbhost.start_pgbouncer()
     config = example_config(
         dbhost,
