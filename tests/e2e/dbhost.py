@@ -383,7 +383,7 @@ def example_config(
             ns["refresh"] = refresh
     entries = []
     for entry in config["templates"]:
-        if entry["name"] not in templates:
+        if entry.get("name") not in templates:
             continue
         entry = dict(entry)
         entry["source"] = str(EXAMPLE / entry["source"])
@@ -398,7 +398,7 @@ def example_config(
             for action in entry.get("on_change", [])
         ]
         entries.append(entry)
-    missing = set(templates) - {entry["name"] for entry in entries}
+    missing = set(templates) - {entry.get("name") for entry in entries}
     assert not missing, f"no template named {sorted(missing)} in the example"
     return {
         "providers": kept_providers,
