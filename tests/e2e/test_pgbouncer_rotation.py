@@ -98,6 +98,7 @@ def test_alternating_users_rotate_with_zero_failed_connections(
     process, _config, clients_file = start_host(dbhost, moto, agent, tmp_path)
     info = dbhost.userlist.stat()
     assert (0o640, postgres_uid()) == (info.st_mode & 0o777, info.st_uid)
+    inodes = [info.st_ino]
     rows = []
     with LoadLoop(dbhost.conninfo(), clients_file) as load:
         load.wait_attempts(10)
@@ -110,6 +111,11 @@ def test_alternating_users_rotate_with_zero_failed_connections(
             userlist = userlists[0]
             reloads = dbhost.wait_reloads(1 + number)
             assert sorted(users) == listed_users(dbhost.userlist)
+            # pgbouncer re-reads its auth_file only when its stat changed: verifiers have a
+            # fixed length and rotations come within a second, so only a new inode is sure
+            # (a file renamed in always has one: it exists beside the file it replaces)
+            inodes.append(dbhost.userlist.stat().st_ino)
+            assert inodes[-2] != inodes[-1], "the userlist was rewritten in place"
             rows.append(
                 (
                     event_time(userlist) - rotation.put_at,
