@@ -3,15 +3,17 @@
 How to use it (fixtures in tests/e2e/conftest.py; a whole test: test_pgbouncer_rotation.py,
 whose `start_host` starts pgbouncer and the agent on the example's config):
 
-    def test_something(dbhost: DbHost, agent: AgentFactory) -> None:
-        dbhost.create_role("app_a", password)   # a LOGIN role in the session's PostgreSQL
-        # ... the agent renders the userlist into `dbhost.userlist` (owner postgres, 0640)
-        #     and signals `dbhost.pidfile` (`{signal: HUP, pidfile: ...}`)
-        dbhost.start_pgbouncer()                # once the userlist exists
+    def test_something(dbhost: DbHost, agent: AgentFactory, new_password) -> None:
+        dbhost.create_role("app_a", new_password())   # a LOGIN role in the session's server
+        dbhost.start_pgbouncer()      # with an empty userlist: no user may log in yet
+        config = example_config(dbhost, tmp_path, templates={...}, providers={...})
+        process = agent(write_config(tmp_path, config), env=...)
+        # the agent renders the userlist into `dbhost.userlist` (owner postgres, 0640)
+        # and signals `dbhost.pidfile` (`{signal: HUP, pidfile: ...}`)
+        dbhost.wait_reloads(1)        # pgbouncer's own log: when it re-read its files
         with LoadLoop(dbhost.conninfo(), clients_file) as load:   # tests/e2e/load.py
-            ...                                 # rotate, kill, ...
+            ...                       # rotate (tests/e2e/rotation.py), kill (RenameKill), ...
         assert [] == load.failures()
-        dbhost.reloads()                        # when pgbouncer re-read its config (its own log)
 
 The PostgreSQL server is tests/postgres.py's (one per session, SCRAM over
 TCP). pgbouncer is one per test, started as the `postgres` account (it
