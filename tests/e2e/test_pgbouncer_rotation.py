@@ -232,7 +232,7 @@ def test_single_user_rotation_fails_connections_only_in_a_short_window(
     tmp_path: Path,
 ) -> None:
     """A single user rotated under 25 connections/s with the example's settings: with a quiet
-    pool at most a few connections fail, those in flight at the reload; when the pool needs a new server
+    pool only connections in flight at the reload may fail; when the pool needs a new server
     connection between setSecret and the reload, failures stop within about a second of it."""
     churn = [False] * SINGLE_ROTATIONS + [True] * SINGLE_ROTATIONS
     load, windows = single_user_windows(
