@@ -42,6 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEPS = "import jinja2.sandbox, yaml, structlog, msgspec"
 # Modules a file/env-only one-shot command must never load: cloud SDKs and the agent's own.
+# The one list: tests/test_startup.py asserts it with `forbidden` below.
 FORBIDDEN = (
     "aiobotocore",
     "botocore",
@@ -86,6 +87,7 @@ def _installed(top: str) -> bool:
 
 
 def forbidden(modules: list[str]) -> list[str]:
+    """The modules of `modules` that FORBIDDEN names (a package and everything under it)."""
     return [m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
 
 

@@ -10,26 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.startup import forbidden
 from tests.conftest import REPO
-
-# Never on a file/env-only one-shot command: the cloud SDKs and the agent's own modules.
-FORBIDDEN = (
-    "aiobotocore",
-    "botocore",
-    "boto3",
-    "azure",
-    "aiohttp",
-    "watchfiles",
-    "smagent.agent",
-    "smagent.watch",
-    "smagent.cache",
-    "smagent.scheduler",
-    "smagent.index",
-    "smagent.notify",
-    "smagent.metrics",
-    "smagent.health",
-    "smagent.status_report",
-)
 
 
 def imported(*args: str | Path) -> list[str]:
@@ -50,10 +32,6 @@ def imported(*args: str | Path) -> list[str]:
         for line in run.stderr.splitlines()
         if line.startswith("import time:") and "imported package" not in line
     ]
-
-
-def forbidden(modules: list[str]) -> list[str]:
-    return [m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
 
 
 @pytest.fixture(scope="module")
