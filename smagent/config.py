@@ -184,7 +184,15 @@ class _ProviderBase(_Strict, tag_field="type", frozen=True, kw_only=True):
     max_concurrency: int = 10
 
 
+AWS_RATE_LIMIT = 50.0
+"""The `aws` default: half of BatchGetSecretValue's quota (100 a second per account and region,
+not adjustable; GetSecretValue allows 10,000, DescribeSecret 40,000). Every request of the
+provider counts against it, so one host alone is never throttled by its own reads, and another
+host or tool of the account keeps the other half; 50 batch calls a second read 1,000 secrets."""
+
+
 class AwsProviderConfig(_ProviderBase, tag="aws", frozen=True, kw_only=True):
+    rate_limit: float | None = AWS_RATE_LIMIT
     region: Text | None = None
     endpoint_url: Text | None = None
     profile: Text | None = None
@@ -236,6 +244,8 @@ class ArcionProviderConfig(_ProviderBase, tag="arcion", frozen=True, kw_only=Tru
     """Arcion Replicant's secret-manager file: expanded by `config_arcion` into aws/azure
     providers and namespaces at load time; never itself a provider instance."""
 
+    rate_limit: float | None | msgspec.UnsetType = msgspec.UNSET
+    """Unset: each provider the file expands into has its own type's default."""
     path: Text
 
 
@@ -581,7 +591,7 @@ class _Builder:
             if provider is None:
                 continue
             rate = provider.rate_limit
-            if rate is not None and not (math.isfinite(rate) and rate > 0):
+            if isinstance(rate, float | int) and not (math.isfinite(rate) and rate > 0):
                 self.issue(
                     f"{where}.rate_limit", "expected a number above 0 (or null for no limit)"
                 )
@@ -674,7 +684,9 @@ class _Builder:
                 self.issues.extend(exc.issues)
                 continue
             sub = _Builder(path, raw)
-            limits = {"rate_limit": arcion.rate_limit, "max_concurrency": arcion.max_concurrency}
+            limits: dict[str, Any] = {"max_concurrency": arcion.max_concurrency}
+            if arcion.rate_limit is not msgspec.UNSET:
+                limits["rate_limit"] = arcion.rate_limit
             found = config_arcion.expand(sub, name, path, raw, limits, flag_type)
             for issue in sub.issues:
                 key = issue.key.lstrip(".")
