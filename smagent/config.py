@@ -26,7 +26,6 @@ that let others read or change them: a warning, as ssh gives.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import math
 import os
@@ -35,7 +34,6 @@ import signal
 import stat
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -178,10 +176,13 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     pass
 
 
-class _ProviderBase(_Strict, tag_field="type", frozen=True, kw_only=True):
+class _Limited(_Strict, tag_field="type", frozen=True, kw_only=True):
+    max_concurrency: int = 10
+
+
+class _ProviderBase(_Limited, frozen=True, kw_only=True):
     rate_limit: float | None = 20.0
     """Requests per second shared by everything using this provider; null = unlimited."""
-    max_concurrency: int = 10
 
 
 AWS_RATE_LIMIT = 50.0
@@ -240,11 +241,11 @@ class EnvProviderConfig(_ProviderBase, tag="env", frozen=True, kw_only=True):
     pass
 
 
-class ArcionProviderConfig(_ProviderBase, tag="arcion", frozen=True, kw_only=True):
+class ArcionProviderConfig(_Limited, tag="arcion", frozen=True, kw_only=True):
     """Arcion Replicant's secret-manager file: expanded by `config_arcion` into aws/azure
     providers and namespaces at load time; never itself a provider instance."""
 
-    rate_limit: float | None | msgspec.UnsetType = msgspec.UNSET
+    rate_limit: float | msgspec.UnsetType | None = msgspec.UNSET
     """Unset: each provider the file expands into has its own type's default."""
     path: Text
 
@@ -262,8 +263,7 @@ SECRET_MANAGER_FLAG = "arcion-sm"  # noqa: S105 - a provider name
 """The name of the provider that `--use-sm-provider`/`--secret-manager` add."""
 
 
-@dataclass(frozen=True, slots=True)
-class SecretManagerFlags:
+class SecretManagerFlags(msgspec.Struct, frozen=True):
     """Replicant's own flags, as `render` and `check` take them."""
 
     use_sm_provider: str | None = None
@@ -327,8 +327,7 @@ class TemplateConfig(_Strict, frozen=True, kw_only=True):
 # --- the loaded, validated result ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TemplateSpec:
+class TemplateSpec(msgspec.Struct, frozen=True):
     """A template as the pipeline uses it: absolute paths, defaults applied."""
 
     name: str
@@ -341,15 +340,14 @@ class TemplateSpec:
     on_change: tuple[Action, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+class Config(msgspec.Struct, frozen=True):
     path: Path
     providers: Mapping[str, ProviderConfig]
     namespaces: Mapping[str, Namespace]
     namespace_refresh: Mapping[str, Duration]
     defaults: Defaults
     templates: tuple[TemplateSpec, ...]
-    groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    groups: Mapping[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
     """An arcion provider's name -> the providers it became (for `test-connection NAME`)."""
     state_dir: Path | None = None
     """`state_dir` as configured (absolute); None: chosen at run time (see state.py)."""
@@ -404,8 +402,7 @@ def _template_aliases(template: TemplateSpec, folder: Path) -> set[str]:
 # --- errors ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
+class ConfigIssue(msgspec.Struct, frozen=True):
     file: Path | str
     key: str
     problem: str

@@ -63,12 +63,12 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import botocore.exceptions as bce
+import msgspec
 from aiobotocore.session import AioSession
 from botocore.config import Config as BotoConfig
 from botocore.parsers import ResponseParserError
@@ -271,9 +271,9 @@ class AwsProvider(BaseProvider):
 
     def canonical(self, ref: SecretRef) -> SecretRef:
         if ref.stage == CURRENT and ref.version is None:
-            ref = replace(ref, stage=None)
+            ref = msgspec.structs.replace(ref, stage=None)
         name = self._arn_names.get(ref.secret_id)
-        return ref if name is None else replace(ref, secret_id=name)
+        return ref if name is None else msgspec.structs.replace(ref, secret_id=name)
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -283,8 +283,8 @@ class AwsProvider(BaseProvider):
         """An ARN ref -> the name ref whose read may serve it too (checked after the read)."""
         for ref in refs:
             name = _arn_name(ref.secret_id)
-            if name is not None and replace(ref, secret_id=name) in wanted:
-                riders[ref] = replace(ref, secret_id=name)
+            if name is not None and msgspec.structs.replace(ref, secret_id=name) in wanted:
+                riders[ref] = msgspec.structs.replace(ref, secret_id=name)
         results = await self._read([ref for ref in refs if ref not in riders])
         alone = []
         for arn_ref, name_ref in riders.items():
