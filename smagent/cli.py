@@ -60,7 +60,8 @@ def run() -> NoReturn:
     for but the caller: 20 ms of a one-shot `render --once` on the demo, more with a
     cloud SDK loaded. So the exit handlers run and stdout/stderr are flushed as at any
     exit, then the process ends with os._exit. Python's own exit is kept where it has
-    more to do: a thread other than daemons still running (it would be waited for), or
+    more to do: a thread other than daemons still running (it would be waited for), a
+    profiler or tracer (cProfile, coverage) that writes its results once we return, or
     output that cannot be flushed (Python reports it and exits 120).
     """
     code = main()
@@ -70,6 +71,8 @@ def run() -> NoReturn:
     current = threading.current_thread()
     if any(t is not current and not t.daemon for t in threading.enumerate()):
         raise SystemExit(code)
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        raise SystemExit(code)  # a profiler or coverage writes its results after we return
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -114,3 +114,19 @@ def test_exit_skips_the_interpreter_teardown(
         assert run.stdout.startswith("config ok: ")  # the command's own output, all of it
     else:
         assert "missing.yaml" in run.stderr
+
+
+def test_a_profiler_still_gets_its_results(demo_config: Path, tmp_path: Path) -> None:
+    """Under cProfile (or coverage), `smagent` exits the ordinary way: the profile is written."""
+    profile = tmp_path / "smagent.prof"
+    profiler = [sys.executable, "-m", "cProfile", "-o", str(profile)]
+    run = subprocess.run(
+        [*profiler, "-m", "smagent", "--config", str(demo_config), "check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=demo_config.parent,
+    )
+    assert 0 == run.returncode, run.stderr[-2000:]
+    assert profile.stat().st_size > 0
