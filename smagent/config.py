@@ -176,13 +176,14 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     pass
 
 
-class _Limited(_Strict, tag_field="type", frozen=True, kw_only=True):
-    max_concurrency: int = 10
+class _Tagged(_Strict, tag_field="type", frozen=True, kw_only=True):
+    pass
 
 
-class _ProviderBase(_Limited, frozen=True, kw_only=True):
+class _ProviderBase(_Tagged, frozen=True, kw_only=True):
     rate_limit: float | None = 20.0
     """Requests per second shared by everything using this provider; null = unlimited."""
+    max_concurrency: int = 10
 
 
 AWS_RATE_LIMIT = 50.0
@@ -190,10 +191,15 @@ AWS_RATE_LIMIT = 50.0
 not adjustable; GetSecretValue allows 10,000, DescribeSecret 40,000). Every request of the
 provider counts against it, so one host alone is never throttled by its own reads, and another
 host or tool of the account keeps the other half; 50 batch calls a second read 1,000 secrets."""
+AWS_MAX_CONCURRENCY = 25
+"""The `aws` default: a pass of up to 500 secrets (25 BatchGetSecretValue calls of 20) goes
+out at once instead of in three waves of 10 (botocore's own pool size); half a second of
+`AWS_RATE_LIMIT`. Each is one pooled HTTPS connection to Secrets Manager."""
 
 
 class AwsProviderConfig(_ProviderBase, tag="aws", frozen=True, kw_only=True):
     rate_limit: float | None = AWS_RATE_LIMIT
+    max_concurrency: int = AWS_MAX_CONCURRENCY
     region: Text | None = None
     endpoint_url: Text | None = None
     profile: Text | None = None
@@ -241,12 +247,13 @@ class EnvProviderConfig(_ProviderBase, tag="env", frozen=True, kw_only=True):
     pass
 
 
-class ArcionProviderConfig(_Limited, tag="arcion", frozen=True, kw_only=True):
+class ArcionProviderConfig(_Tagged, tag="arcion", frozen=True, kw_only=True):
     """Arcion Replicant's secret-manager file: expanded by `config_arcion` into aws/azure
     providers and namespaces at load time; never itself a provider instance."""
 
     rate_limit: float | msgspec.UnsetType | None = msgspec.UNSET
     """Unset: each provider the file expands into has its own type's default."""
+    max_concurrency: int | msgspec.UnsetType = msgspec.UNSET
     path: Text
 
 
@@ -592,7 +599,8 @@ class _Builder:
                 self.issue(
                     f"{where}.rate_limit", "expected a number above 0 (or null for no limit)"
                 )
-            if not 1 <= provider.max_concurrency <= MAX_CONCURRENCY:
+            concurrency = provider.max_concurrency
+            if isinstance(concurrency, int) and not 1 <= concurrency <= MAX_CONCURRENCY:
                 self.issue(
                     f"{where}.max_concurrency",
                     f"expected a whole number from 1 to {MAX_CONCURRENCY}",
@@ -681,9 +689,11 @@ class _Builder:
                 self.issues.extend(exc.issues)
                 continue
             sub = _Builder(path, raw)
-            limits: dict[str, Any] = {"max_concurrency": arcion.max_concurrency}
+            limits: dict[str, Any] = {}  # unset: each provider's own type's default
             if arcion.rate_limit is not msgspec.UNSET:
                 limits["rate_limit"] = arcion.rate_limit
+            if arcion.max_concurrency is not msgspec.UNSET:
+                limits["max_concurrency"] = arcion.max_concurrency
             found = config_arcion.expand(sub, name, path, raw, limits, flag_type)
             for issue in sub.issues:
                 key = issue.key.lstrip(".")

@@ -586,7 +586,7 @@ def test_repr_holds_no_inline_credential(tmp_path: Path) -> None:
 
 def test_limits_pass_through_or_default_per_type(tmp_path: Path) -> None:
     """The arcion entry's rate_limit/max_concurrency reach every provider it expands into;
-    unset, each takes its own type's default (aws 50/s, azure 20/s)."""
+    unset, each takes its own type's default (aws 50/s and 25, azure 20/s and 10)."""
 
     def sm_file(name: str, data: dict[str, Any]) -> str:
         path = tmp_path / name
@@ -612,7 +612,7 @@ def test_limits_pass_through_or_default_per_type(tmp_path: Path) -> None:
     config = load_config(smagent_config(tmp_path, providers))
     limits = {n: (p.rate_limit, p.max_concurrency) for n, p in config.providers.items()}
     assert {
-        "a.one": (50.0, 10),
+        "a.one": (50.0, 25),
         "z.kv-one": (20.0, 10),
         "a-set.two": (5.0, 2),
         "z-set.kv-two": (None, 10),

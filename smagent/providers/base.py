@@ -200,9 +200,11 @@ class BaseProvider:
         from smagent.providers.retry import Health
 
         self.name = name
-        rate = config.rate_limit
-        assert not isinstance(rate, msgspec.UnsetType)  # only an arcion entry, never a provider
-        self.limits = Limits(rate, config.max_concurrency)
+        rate, concurrency = config.rate_limit, config.max_concurrency
+        # unset only in an arcion entry, which is never a provider
+        assert not isinstance(rate, msgspec.UnsetType)
+        assert not isinstance(concurrency, msgspec.UnsetType)
+        self.limits = Limits(rate, concurrency)
         self.health = Health(name)
 
     async def request(self, attempt: Callable[[], Awaitable[T]], *, what: str) -> T:
