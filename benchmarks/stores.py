@@ -8,8 +8,8 @@ Each contender is a fresh process (`smagent render --once`, or a script in
 benchmarks/aws_by_hand.py), so wall times include start-up; requests are counted at
 the server.
 
-  fan-out     500 distinct AWS secrets in 50 templates: smagent (defaults, and with
-              rate_limit 100 / max_concurrency 25, BatchGetSecretValue's own quota)
+  fan-out     500 distinct AWS secrets in 50 templates: smagent (defaults: 50/s, 25 in
+              flight; and rate_limit 100, BatchGetSecretValue's whole quota, 25 in flight)
               against a sequential boto3 get_secret_value loop + Jinja2, and against
               aws-secretsmanager-caching's SecretCache; the bound is ceil(500/20)
               BatchGetSecretValue calls issued at once by a bare boto3 script
@@ -239,8 +239,8 @@ def fan_out(
             "tuned",
         )
         contenders: dict[str, tuple[str, list[str]]] = {
-            "smagent (defaults: 20/s, 10 in flight)": ("default", smagent(default)),
-            "smagent (rate_limit 100, max_concurrency 25)": ("tuned", smagent(tuned)),
+            "smagent (defaults: 50/s, 25 in flight)": ("default", smagent(default)),
+            "smagent (rate_limit 100, 25 in flight)": ("tuned", smagent(tuned)),
             "boto3 get_secret_value loop + jinja2": (
                 "loop",
                 [sys.executable, by_hand, "loop", str(folder), str(root / "out-loop")],

@@ -1,3 +1,3 @@
-from smagent.cli import main
+from smagent.cli import run
 
-raise SystemExit(main())
+run()

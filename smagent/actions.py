@@ -15,7 +15,8 @@ import os
 import signal
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+import msgspec
 
 from smagent.config import Action, CommandAction, SignalPidfileAction, SignalUnitAction
 from smagent.logging import REDACTOR, get_logger
@@ -35,8 +36,7 @@ OUTPUT_SHOWN = 2000
 """Characters of it that reach the debug log."""
 
 
-@dataclass(frozen=True, slots=True)
-class ActionResult:
+class ActionResult(msgspec.Struct, frozen=True):
     action: str
     ok: bool
     detail: str = ""

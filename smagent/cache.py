@@ -22,10 +22,11 @@ so the set of scrubbed values does not grow for the life of the process.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+import msgspec
 
 from smagent.logging import REDACTOR, Redactor, get_logger
 from smagent.providers.base import (
@@ -256,7 +257,7 @@ class SecretCache:
         self._recovered(entry, now)
         if isinstance(result, Unchanged):
             if entry.value is not None and (result.lease or result.check_after is not None):
-                entry.value = dataclasses.replace(
+                entry.value = msgspec.structs.replace(
                     entry.value,
                     lease=result.lease or entry.value.lease,
                     check_after=result.check_after,
@@ -265,7 +266,7 @@ class SecretCache:
         old = entry.value
         if old is not None and result.same_as(old):
             self.redactor.retire(result.reveal())  # registered once already, by the old value
-            entry.value = dataclasses.replace(
+            entry.value = msgspec.structs.replace(
                 old, lease=result.lease, check_after=result.check_after
             )
             return False

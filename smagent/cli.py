@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from smagent import __version__
 
@@ -50,6 +50,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return result
+
+
+def run() -> NoReturn:
+    """The `smagent` command (and `python -m smagent`): `main`, then a quick exit.
+
+    Once the last file is written and the actions have run, tearing the interpreter
+    down (every module's globals cleared, every object freed) is work nobody waits
+    for but the caller: 20 ms of a one-shot `render --once` on the demo, more with a
+    cloud SDK loaded. So the exit handlers run and stdout/stderr are flushed as at any
+    exit, then the process ends with os._exit. Python's own exit is kept where it has
+    more to do: a thread other than daemons still running (it would be waited for), a
+    profiler or tracer (cProfile, coverage) that writes its results once we return, or
+    output that cannot be flushed (Python reports it and exits 120).
+    """
+    code = main()
+    import atexit
+    import threading
+
+    current = threading.current_thread()
+    if any(t is not current and not t.daemon for t in threading.enumerate()):
+        raise SystemExit(code)
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        raise SystemExit(code)  # a profiler or coverage writes its results after we return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        raise SystemExit(code) from None
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        os._exit(code or 120)  # Python's status for output it could not flush at exit
+    os._exit(code)
 
 
 def _error(message: str) -> None:

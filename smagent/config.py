@@ -26,7 +26,6 @@ that let others read or change them: a warning, as ssh gives.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import math
 import os
@@ -35,7 +34,6 @@ import signal
 import stat
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -178,13 +176,30 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     pass
 
 
-class _ProviderBase(_Strict, tag_field="type", frozen=True, kw_only=True):
+class _Tagged(_Strict, tag_field="type", frozen=True, kw_only=True):
+    pass
+
+
+class _ProviderBase(_Tagged, frozen=True, kw_only=True):
     rate_limit: float | None = 20.0
     """Requests per second shared by everything using this provider; null = unlimited."""
     max_concurrency: int = 10
 
 
+AWS_RATE_LIMIT = 50.0
+"""The `aws` default: half of BatchGetSecretValue's quota (100 a second per account and region,
+not adjustable; GetSecretValue allows 10,000, DescribeSecret 40,000). Every request of the
+provider counts against it, so one host alone is never throttled by its own reads, and another
+host or tool of the account keeps the other half; 50 batch calls a second read 1,000 secrets."""
+AWS_MAX_CONCURRENCY = 25
+"""The `aws` default: a pass of up to 500 secrets (25 BatchGetSecretValue calls of 20) goes
+out at once instead of in three waves of 10 (botocore's own pool size); half a second of
+`AWS_RATE_LIMIT`. Each is one pooled HTTPS connection to Secrets Manager."""
+
+
 class AwsProviderConfig(_ProviderBase, tag="aws", frozen=True, kw_only=True):
+    rate_limit: float | None = AWS_RATE_LIMIT
+    max_concurrency: int = AWS_MAX_CONCURRENCY
     region: Text | None = None
     endpoint_url: Text | None = None
     profile: Text | None = None
@@ -232,10 +247,13 @@ class EnvProviderConfig(_ProviderBase, tag="env", frozen=True, kw_only=True):
     pass
 
 
-class ArcionProviderConfig(_ProviderBase, tag="arcion", frozen=True, kw_only=True):
+class ArcionProviderConfig(_Tagged, tag="arcion", frozen=True, kw_only=True):
     """Arcion Replicant's secret-manager file: expanded by `config_arcion` into aws/azure
     providers and namespaces at load time; never itself a provider instance."""
 
+    rate_limit: float | msgspec.UnsetType | None = msgspec.UNSET
+    """Unset: each provider the file expands into has its own type's default."""
+    max_concurrency: int | msgspec.UnsetType = msgspec.UNSET
     path: Text
 
 
@@ -252,8 +270,7 @@ SECRET_MANAGER_FLAG = "arcion-sm"  # noqa: S105 - a provider name
 """The name of the provider that `--use-sm-provider`/`--secret-manager` add."""
 
 
-@dataclass(frozen=True, slots=True)
-class SecretManagerFlags:
+class SecretManagerFlags(msgspec.Struct, frozen=True):
     """Replicant's own flags, as `render` and `check` take them."""
 
     use_sm_provider: str | None = None
@@ -317,8 +334,7 @@ class TemplateConfig(_Strict, frozen=True, kw_only=True):
 # --- the loaded, validated result ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TemplateSpec:
+class TemplateSpec(msgspec.Struct, frozen=True):
     """A template as the pipeline uses it: absolute paths, defaults applied."""
 
     name: str
@@ -331,15 +347,14 @@ class TemplateSpec:
     on_change: tuple[Action, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+class Config(msgspec.Struct, frozen=True):
     path: Path
     providers: Mapping[str, ProviderConfig]
     namespaces: Mapping[str, Namespace]
     namespace_refresh: Mapping[str, Duration]
     defaults: Defaults
     templates: tuple[TemplateSpec, ...]
-    groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    groups: Mapping[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
     """An arcion provider's name -> the providers it became (for `test-connection NAME`)."""
     state_dir: Path | None = None
     """`state_dir` as configured (absolute); None: chosen at run time (see state.py)."""
@@ -394,8 +409,7 @@ def _template_aliases(template: TemplateSpec, folder: Path) -> set[str]:
 # --- errors ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
+class ConfigIssue(msgspec.Struct, frozen=True):
     file: Path | str
     key: str
     problem: str
@@ -599,11 +613,12 @@ class _Builder:
             if provider is None:
                 continue
             rate = provider.rate_limit
-            if rate is not None and not (math.isfinite(rate) and rate > 0):
+            if isinstance(rate, float | int) and not (math.isfinite(rate) and rate > 0):
                 self.issue(
                     f"{where}.rate_limit", "expected a number above 0 (or null for no limit)"
                 )
-            if not 1 <= provider.max_concurrency <= MAX_CONCURRENCY:
+            concurrency = provider.max_concurrency
+            if isinstance(concurrency, int) and not 1 <= concurrency <= MAX_CONCURRENCY:
                 self.issue(
                     f"{where}.max_concurrency",
                     f"expected a whole number from 1 to {MAX_CONCURRENCY}",
@@ -692,7 +707,11 @@ class _Builder:
                 self.issues.extend(exc.issues)
                 continue
             sub = _Builder(path, raw)
-            limits = {"rate_limit": arcion.rate_limit, "max_concurrency": arcion.max_concurrency}
+            limits: dict[str, Any] = {}  # unset: each provider's own type's default
+            if arcion.rate_limit is not msgspec.UNSET:
+                limits["rate_limit"] = arcion.rate_limit
+            if arcion.max_concurrency is not msgspec.UNSET:
+                limits["max_concurrency"] = arcion.max_concurrency
             found = config_arcion.expand(sub, name, path, raw, limits, flag_type)
             for issue in sub.issues:
                 key = issue.key.lstrip(".")

@@ -18,8 +18,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+import msgspec
 
 __all__ = ["FolderError", "NewFolders", "open_folder", "writable_by_others"]
 
@@ -39,8 +40,7 @@ class FolderError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class NewFolders:
+class NewFolders(msgspec.Struct, frozen=True):
     """How `open_folder` makes a missing folder: this exact mode, this owner and group."""
 
     mode: int

@@ -14,14 +14,14 @@ was; the other templates are still written.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import difflib
 import enum
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from smagent import writer
 from smagent.actions import ActionResult, coalesce
@@ -52,8 +52,7 @@ class Status(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True)
-class TemplateResult:
+class TemplateResult(msgspec.Struct, frozen=True):
     template: TemplateSpec
     status: Status
     lookups: frozenset[Lookup] = frozenset()
@@ -66,16 +65,15 @@ class TemplateResult:
     """Failed at the write (folder, owner, disk), not for want of a value: worth retrying."""
 
 
-@dataclass(slots=True)
-class PassResult:
-    templates: list[TemplateResult] = field(default_factory=list)
-    actions: list[ActionResult] = field(default_factory=list)
+class PassResult(msgspec.Struct):
+    templates: list[TemplateResult] = msgspec.field(default_factory=list)
+    actions: list[ActionResult] = msgspec.field(default_factory=list)
     fetched: int = 0
-    due: list[Action] = field(default_factory=list)
+    due: list[Action] = msgspec.field(default_factory=list)
     """The distinct actions the written files owe, in the order first named."""
     record: Record | None = None
     """Where `due` is kept on disk until it has run (None: no journal, or nothing owed)."""
-    canonical_of: dict[SecretRef, SecretRef] = field(default_factory=dict)
+    canonical_of: dict[SecretRef, SecretRef] = msgspec.field(default_factory=dict)
     """Each ref a template wrote -> its provider's one spelling (the resolver's)."""
 
     @property
@@ -192,7 +190,7 @@ class Pipeline:
         writes = await asyncio.to_thread(_write_batch, chosen, outcomes)
         for template, outcome, written in zip(chosen, outcomes, writes, strict=True):
             finished = self._written(template, outcome, written)
-            result.templates.append(dataclasses.replace(finished, files=outcome.files))
+            result.templates.append(msgspec.structs.replace(finished, files=outcome.files))
         changed = [t for t in result.templates if t.status is Status.WRITTEN]
         result.due = coalesce(a for t in changed for a in t.template.on_change)
         if result.record is not None:  # recorded but owed by no file written after all
@@ -278,7 +276,7 @@ class Pipeline:
         self, template: TemplateSpec, outcome: RenderOutcome, dry_run: bool
     ) -> TemplateResult:
         result = await self._finish_one(template, outcome, dry_run)
-        return dataclasses.replace(result, files=outcome.files)
+        return msgspec.structs.replace(result, files=outcome.files)
 
     async def _finish_one(
         self, template: TemplateSpec, outcome: RenderOutcome, dry_run: bool

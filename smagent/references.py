@@ -19,15 +19,15 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 
 class ReferenceSyntaxError(ValueError):
     """A reference that names no namespace/provider or is malformed."""
 
 
-@dataclass(frozen=True, slots=True)
-class SecretRef:
+class SecretRef(msgspec.Struct, frozen=True):
     """One secret in one provider instance, at one version or stage."""
 
     provider: str
@@ -44,8 +44,7 @@ class SecretRef:
         return text
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
+class Lookup(msgspec.Struct, frozen=True):
     """A value a template uses: a secret and the key path inside it."""
 
     ref: SecretRef
@@ -57,8 +56,7 @@ class Lookup:
         return f"{self.ref} key {'.'.join(self.key)}"
 
 
-@dataclass(frozen=True, slots=True)
-class Namespace:
+class Namespace(msgspec.Struct, frozen=True):
     """A configured short name for a secret (`secret` set) or a whole store."""
 
     name: str

@@ -62,8 +62,9 @@ import pwd
 import secrets
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from smagent.folders import FolderError, NewFolders, open_folder
 
@@ -106,8 +107,7 @@ _KINDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class FileSpec:
+class FileSpec(msgspec.Struct, frozen=True):
     """Where a rendered file goes and who may read it.
 
     `owner`/`group` are names or ids; None leaves them as the process creates
@@ -236,8 +236,7 @@ async def write_file_async(spec: FileSpec, data: bytes) -> WriteOutcome:
     return await asyncio.to_thread(write_file, spec, data)
 
 
-@dataclass(frozen=True, slots=True)
-class Leftovers:
+class Leftovers(msgspec.Struct, frozen=True):
     """What `clean_stale_temp_files` found beside one destination."""
 
     destination: Path

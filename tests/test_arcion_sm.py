@@ -584,6 +584,41 @@ def test_repr_holds_no_inline_credential(tmp_path: Path) -> None:
     assert_no_leak(repr(create_provider("arc.kv1", azure.providers["arc.kv1"])), "repr")
 
 
+def test_limits_pass_through_or_default_per_type(tmp_path: Path) -> None:
+    """The arcion entry's rate_limit/max_concurrency reach every provider it expands into;
+    unset, each takes its own type's default (aws 50/s and 25, azure 20/s and 10)."""
+
+    def sm_file(name: str, data: dict[str, Any]) -> str:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data))
+        path.chmod(0o600)
+        return path.name
+
+    aws = {"type": "AWS", "namespaces": {"one": {"region": REGION}}}
+    azure = {"type": "AZURE", "namespaces": {"kv-one": {}}}
+    aws_set = {"type": "AWS", "namespaces": {"two": {"region": REGION}}}
+    azure_set = {"type": "AZURE", "namespaces": {"kv-two": {}}}
+    providers = {
+        "a": {"type": "arcion", "path": sm_file("a.yaml", aws)},
+        "z": {"type": "arcion", "path": sm_file("z.yaml", azure)},
+        "a-set": {
+            "type": "arcion",
+            "path": sm_file("a-set.yaml", aws_set),
+            "rate_limit": 5,
+            "max_concurrency": 2,
+        },
+        "z-set": {"type": "arcion", "path": sm_file("z-set.yaml", azure_set), "rate_limit": None},
+    }
+    config = load_config(smagent_config(tmp_path, providers))
+    limits = {n: (p.rate_limit, p.max_concurrency) for n, p in config.providers.items()}
+    assert {
+        "a.one": (50.0, 25),
+        "z.kv-one": (20.0, 10),
+        "a-set.two": (5.0, 2),
+        "z-set.kv-two": (None, 10),
+    } == limits
+
+
 # --- Azure namespaces (the mapping; the azure provider is not in this version yet) -------------
 
 

@@ -7,7 +7,6 @@ change: the credential, the inline client secret and the namespace are the Arcio
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,7 +103,7 @@ async def test_mysql_yaml_from_an_azure_namespace(tmp_path: Path, vault: KeyVaul
         )
     )
     config = load_config(config_path)
-    local = dataclasses.replace(
+    local = msgspec.structs.replace(
         config,
         providers={
             "arc.mysqlsrc": msgspec.structs.replace(

@@ -24,7 +24,7 @@ import yaml
 
 from smagent.config import AwsProviderConfig
 from smagent.providers import ProviderSetupError, enter_providers
-from smagent.providers.aws import BATCH_MAX, ERROR_CODES, AwsProvider, _translate
+from smagent.providers.aws import BATCH_MAX, ERROR_CODES, AwsProvider, _ModelFiles, _translate
 from smagent.providers.base import (
     AccessDenied,
     NotFound,
@@ -704,3 +704,21 @@ async def test_no_credentials_is_access_denied(
     assert isinstance(error, AccessDenied), error
     assert "no usable AWS credentials" in error.detail
     assert 0 == moto.count()
+
+
+def test_model_files_decoded_by_msgspec_give_botocore_the_same_data() -> None:
+    """The provider's session reads botocore's data files through `_ModelFiles` (msgspec), and
+    gets the same data botocore's own json loader gives: endpoints, defaults, the service model
+    and endpoint rules of Secrets Manager, and STS (Arcion's assume-role)."""
+    provider = AwsProvider("aws", aws_config("http://127.0.0.1:1"))
+    ours = provider._session.get_component("data_loader")
+    assert isinstance(ours.file_loader, _ModelFiles)
+    theirs = botocore.session.get_session().get_component("data_loader")
+    assert not isinstance(theirs.file_loader, _ModelFiles)
+    for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
+        assert theirs.load_data(name) == ours.load_data(name), name
+    for service in ("secretsmanager", "sts"):
+        for kind in ("service-2", "endpoint-rule-set-1", "paginators-1"):
+            expected = theirs.load_service_model(service, kind)
+            assert expected == ours.load_service_model(service, kind), (service, kind)
+    assert theirs.list_available_services("service-2") == ours.list_available_services("service-2")

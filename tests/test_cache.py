@@ -9,9 +9,9 @@ point is where they are (or are no longer) known, which the redactor says.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Mapping
 
+import msgspec
 import structlog
 
 from smagent.cache import SecretCache
@@ -383,7 +383,7 @@ class WholeAnswers(MemoryProvider):
     ) -> Mapping[SecretRef, RefreshResult]:
         found = await self.fetch(list(known))
         return {
-            ref: dataclasses.replace(value, check_after=CHECK_AFTER)
+            ref: msgspec.structs.replace(value, check_after=CHECK_AFTER)
             if isinstance(value, SecretValue)
             else value
             for ref, value in found.items()

@@ -250,6 +250,35 @@ def test_full_config_templates(full_config: Config, tmp_path: Path) -> None:
     assert 10.0 == command.timeout
 
 
+def test_rate_limit_defaults_per_provider_type(tmp_path: Path) -> None:
+    """Unset, `rate_limit` is 50/s for aws (half BatchGetSecretValue's 100/s quota) and 20/s for
+    the others, `max_concurrency` 25 for aws (25 batch calls: 500 secrets at once) and 10 for the
+    others; an explicit value, null included, is kept."""
+    path = write_config(
+        tmp_path,
+        """\
+        providers:
+          aws: {type: aws, region: eu-west-1}
+          aws-set: {type: aws, region: eu-west-1, rate_limit: 7, max_concurrency: 4}
+          aws-free: {type: aws, region: eu-west-1, rate_limit: null}
+          kv: {type: azure, vault_url: "https://v.vault.azure.net"}
+          vault: {type: vault, address: "https://vault:8200", auth: {method: token}}
+          local: {type: file, path: secrets.yaml}
+        templates: [{contents: x, destination: out/x}]
+        """,
+    )
+    providers = load_config(path).providers
+    limits = {name: (p.rate_limit, p.max_concurrency) for name, p in providers.items()}
+    assert {
+        "aws": (50.0, 25),
+        "aws-set": (7.0, 4),
+        "aws-free": (None, 25),
+        "kv": (20.0, 10),
+        "vault": (20.0, 10),
+        "local": (20.0, 10),
+    } == limits
+
+
 def test_defaults_apply_when_absent(tmp_path: Path) -> None:
     """A config with no defaults section gets refresh 5m, no wait, mode 0600, fetch 30s."""
     path = write_config(tmp_path, BASE + "templates: [{contents: x, destination: out/x}]\n")

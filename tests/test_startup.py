@@ -10,26 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.startup import forbidden
 from tests.conftest import REPO
-
-# Never on a file/env-only one-shot command: the cloud SDKs and the agent's own modules.
-FORBIDDEN = (
-    "aiobotocore",
-    "botocore",
-    "boto3",
-    "azure",
-    "aiohttp",
-    "watchfiles",
-    "smagent.agent",
-    "smagent.watch",
-    "smagent.cache",
-    "smagent.scheduler",
-    "smagent.index",
-    "smagent.notify",
-    "smagent.metrics",
-    "smagent.health",
-    "smagent.status_report",
-)
 
 
 def imported(*args: str | Path) -> list[str]:
@@ -50,10 +32,6 @@ def imported(*args: str | Path) -> list[str]:
         for line in run.stderr.splitlines()
         if line.startswith("import time:") and "imported package" not in line
     ]
-
-
-def forbidden(modules: list[str]) -> list[str]:
-    return [m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +63,70 @@ def test_version_imports_only_the_command_line() -> None:
     assert [] == forbidden(modules)
     assert [] == [m for m in modules if m.split(".")[0] in heavy]
     assert ["smagent", "smagent.cli"] == sorted(m for m in modules if m.split(".")[0] == "smagent")
+
+
+EXIT_PROBE = """
+import atexit, sys, threading
+import smagent.cli as cli
+
+class Teardown:
+    def __del__(self):
+        print("teardown ran", flush=True)
+
+cli.KEPT = Teardown()  # freed only when the interpreter tears its modules down
+atexit.register(print, "exit handler ran", flush=True)
+if sys.argv[1] == "thread":
+    release = threading.Event()
+    threading.Thread(target=release.wait, args=(0.5,)).start()  # still running at the end
+sys.argv = ["smagent", *sys.argv[2:]]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("thread", "args", "code", "teardown"),
+    [
+        ("none", ["check"], 0, False),
+        ("none", ["--config", "missing.yaml", "check"], 2, False),
+        ("thread", ["check"], 0, True),
+    ],
+    ids=["ok", "usage-error", "thread-still-running"],
+)
+def test_exit_skips_the_interpreter_teardown(
+    demo_config: Path, thread: str, args: list[str], code: int, teardown: bool
+) -> None:
+    """`smagent` exits with main's code, its exit handlers run and its output flushed, without
+    tearing the interpreter down; unless a non-daemon thread still runs (Python waits for it)."""
+    if args[0] == "check":
+        args = ["--config", str(demo_config), *args]
+    run = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, thread, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=demo_config.parent,
+    )
+    assert code == run.returncode, run.stderr[-2000:]
+    assert "exit handler ran" in run.stdout
+    assert teardown == ("teardown ran" in run.stdout)
+    if code == 0:
+        assert run.stdout.startswith("config ok: ")  # the command's own output, all of it
+    else:
+        assert "missing.yaml" in run.stderr
+
+
+def test_a_profiler_still_gets_its_results(demo_config: Path, tmp_path: Path) -> None:
+    """Under cProfile (or coverage), `smagent` exits the ordinary way: the profile is written."""
+    profile = tmp_path / "smagent.prof"
+    profiler = [sys.executable, "-m", "cProfile", "-o", str(profile)]
+    run = subprocess.run(
+        [*profiler, "-m", "smagent", "--config", str(demo_config), "check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=demo_config.parent,
+    )
+    assert 0 == run.returncode, run.stderr[-2000:]
+    assert profile.stat().st_size > 0

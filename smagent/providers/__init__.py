@@ -19,8 +19,9 @@ import importlib.util
 import traceback
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from smagent.config import ProviderConfig
 from smagent.logging import get_logger
@@ -37,8 +38,7 @@ class ProviderSetupError(Exception):
         super().__init__(f"providers.{name}: {detail}")
 
 
-@dataclass(frozen=True)
-class _Store:
+class _Store(msgspec.Struct, frozen=True):
     module: str
     cls: str
     sdk: tuple[str, ...] = ()

@@ -61,16 +61,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import botocore.exceptions as bce
+import msgspec
 from aiobotocore.session import AioSession
 from botocore.config import Config as BotoConfig
+from botocore.loaders import Loader, create_loader
 from botocore.parsers import ResponseParserError
 
 from smagent.config import AwsProviderConfig
@@ -199,11 +202,48 @@ def _timestamp(value: object) -> float | None:
     return value.timestamp() if isinstance(value, datetime) else None
 
 
+class _ModelFiles:
+    """botocore's data files (service models, endpoints; JSON, some gzipped) decoded by msgspec.
+
+    botocore's own file loader decodes them with json and an OrderedDict hook, and the
+    first client of a process reads 1.3 MB of them (endpoints.json alone is 1.2 MB): this
+    is ~3x faster (~20 ms of the first request here). Same files, same search paths, the
+    same data (plain dicts keep the order too); `exists` and `load_file` are the protocol
+    botocore's `Loader` asks of a file loader.
+    """
+
+    OPENERS = ((".json", open), (".json.gz", gzip.open))
+
+    def exists(self, file_path: str) -> bool:
+        return any(os.path.isfile(file_path + ext) for ext, _ in self.OPENERS)
+
+    def load_file(self, file_path: str) -> Any:
+        for ext, opener in self.OPENERS:
+            if os.path.isfile(file_path + ext):
+                with opener(file_path + ext, "rb") as file:
+                    return msgspec.json.decode(file.read())
+        return None
+
+
+def _session(profile: str | None) -> AioSession:
+    """An aiobotocore session whose data loader decodes with msgspec (see `_ModelFiles`)."""
+    session = AioSession(profile=profile)
+
+    def loader() -> Loader:
+        # as botocore's own: its data path, then AWS_DATA_PATH / `data_path` of the profile
+        made = create_loader(session.get_config_variable("data_path"))
+        made.file_loader = _ModelFiles()
+        return made
+
+    session.lazy_register_component("data_loader", loader)
+    return session
+
+
 class AwsProvider(BaseProvider):
     def __init__(self, name: str, config: AwsProviderConfig) -> None:
         super().__init__(name, config)
         self.config = config
-        self._session = AioSession(profile=config.profile)
+        self._session = _session(config.profile)
         try:  # local files only (~/.aws/config, ~/.aws/credentials): nothing is contacted
             self._session.get_scoped_config()  # a named profile must exist
             region = config.region or self._session.get_config_variable("region")
@@ -271,9 +311,9 @@ class AwsProvider(BaseProvider):
 
     def canonical(self, ref: SecretRef) -> SecretRef:
         if ref.stage == CURRENT and ref.version is None:
-            ref = replace(ref, stage=None)
+            ref = msgspec.structs.replace(ref, stage=None)
         name = self._arn_names.get(ref.secret_id)
-        return ref if name is None else replace(ref, secret_id=name)
+        return ref if name is None else msgspec.structs.replace(ref, secret_id=name)
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -283,8 +323,8 @@ class AwsProvider(BaseProvider):
         """An ARN ref -> the name ref whose read may serve it too (checked after the read)."""
         for ref in refs:
             name = _arn_name(ref.secret_id)
-            if name is not None and replace(ref, secret_id=name) in wanted:
-                riders[ref] = replace(ref, secret_id=name)
+            if name is not None and msgspec.structs.replace(ref, secret_id=name) in wanted:
+                riders[ref] = msgspec.structs.replace(ref, secret_id=name)
         results = await self._read([ref for ref in refs if ref not in riders])
         alone = []
         for arn_ref, name_ref in riders.items():

@@ -54,9 +54,9 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
+import msgspec
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     AzureError,
@@ -205,7 +205,7 @@ class AzureProvider(BaseProvider):
 
     def canonical(self, ref: SecretRef) -> SecretRef:
         """Key Vault names are case-insensitive: `DB-Pass` and `db-pass` are one secret."""
-        return replace(ref, secret_id=ref.secret_id.lower())
+        return msgspec.structs.replace(ref, secret_id=ref.secret_id.lower())
 
     async def fetch(self, refs: Sequence[SecretRef]) -> Mapping[SecretRef, FetchResult]:
         self._auth_failure = None  # each batch asks for a token again

@@ -31,8 +31,9 @@ the defaults a store overrides.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol, Self, TypeVar
+
+import msgspec
 
 from smagent.providers.limits import Limits
 from smagent.references import SecretRef
@@ -43,8 +44,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(msgspec.Struct, frozen=True):
     """A Vault lease on a dynamic secret (filled by the vault provider)."""
 
     lease_id: str
@@ -55,11 +55,10 @@ class Lease:
     """`time.time()` when the lease was issued or last renewed."""
 
 
-@dataclass(frozen=True, slots=True)
-class SecretValue:
+class SecretValue(msgspec.Struct, frozen=True):
     """A fetched secret: text or bytes, the version it was read at, its lease and timing."""
 
-    _value: str | bytes = field(repr=False)
+    _value: str | bytes
     version: str | None = None
     """The store's version id: AWS VersionId, Azure version, KV v2 version number as text."""
     lease: Lease | None = None
@@ -87,8 +86,7 @@ class SecretValue:
         return "<redacted>"
 
 
-@dataclass(frozen=True, slots=True)
-class Unchanged:
+class Unchanged(msgspec.Struct, frozen=True):
     """A refresh answer: the known value is still the current one."""
 
     check_after: float | None = None
@@ -202,7 +200,11 @@ class BaseProvider:
         from smagent.providers.retry import Health
 
         self.name = name
-        self.limits = Limits(config.rate_limit, config.max_concurrency)
+        rate, concurrency = config.rate_limit, config.max_concurrency
+        # unset only in an arcion entry, which is never a provider
+        assert not isinstance(rate, msgspec.UnsetType)
+        assert not isinstance(concurrency, msgspec.UnsetType)
+        self.limits = Limits(rate, concurrency)
         self.health = Health(name)
 
     async def request(self, attempt: Callable[[], Awaitable[T]], *, what: str) -> T:

@@ -31,9 +31,9 @@ import datetime
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
+import msgspec
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.error import Mark
@@ -69,8 +69,7 @@ class Unconvertible(ValueError):
     """One secret cannot be served; the message says where and what, never the value."""
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
+class Invalid(msgspec.Struct, frozen=True):
     """Where a value could not be built, and why (in words that hold none of it)."""
 
     problem: str

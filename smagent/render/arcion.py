@@ -51,10 +51,10 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
+import msgspec
 import yaml
 from jinja2.ext import Extension
 from jinja2.lexer import Token, TokenStream
@@ -78,8 +78,7 @@ _ADVICE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Site:
+class Site(msgspec.Struct, frozen=True):
     """A token as written in a template: what it names, and where."""
 
     reference: str
@@ -92,8 +91,7 @@ class Site:
         return ARCION_SCHEME + self.reference
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
+class Refusal(msgspec.Struct, frozen=True):
     """Why a template's tokens cannot be written (the message holds no value)."""
 
     message: str
@@ -504,8 +502,7 @@ _STYLES = {
 }
 
 
-@dataclass(eq=False, slots=True)
-class _Scalar:
+class _Scalar(msgspec.Struct, eq=False):
     """A scalar that holds placeholders, and how it may be written."""
 
     node: yaml.ScalarNode
@@ -513,12 +510,12 @@ class _Scalar:
     end: int
     key: bool
     implicit: bool
-    sites: list[Site] = field(default_factory=list)
+    sites: list[Site] = msgspec.field(default_factory=list)
     typed: bool = False
     intended: object = None
     text: str | None = None
     """The scalar's text with the values in, for a scalar that is not typed."""
-    candidates: list[str] = field(default_factory=list)
+    candidates: list[str] = msgspec.field(default_factory=list)
 
     def tokens(self) -> str:
         return ", ".join(dict.fromkeys(site.token for site in self.sites))

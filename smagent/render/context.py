@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Set
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import msgspec
 
 from smagent.providers.base import FetchResult, ProviderError
 from smagent.references import Lookup, Namespace, SecretRef
@@ -45,22 +45,21 @@ class Words:
         return Words(*self._parts, more)
 
 
-@dataclass(slots=True)
-class RenderContext:
+class RenderContext(msgspec.Struct):
     """The values of one render, and what the template asked for."""
 
     values: Mapping[SecretRef, FetchResult]
     namespaces: Mapping[str, Namespace]
     providers: frozenset[str]
-    known: Words = field(default_factory=Words)
+    known: Words = msgspec.field(default_factory=Words)
     """Text written literally in the template or the config: safe to show in messages."""
-    lookups: set[Lookup] = field(default_factory=set)
-    missing: set[SecretRef] = field(default_factory=set)
-    failed: dict[SecretRef, tuple[Lookup, ProviderError]] = field(default_factory=dict)
+    lookups: set[Lookup] = msgspec.field(default_factory=set)
+    missing: set[SecretRef] = msgspec.field(default_factory=set)
+    failed: dict[SecretRef, tuple[Lookup, ProviderError]] = msgspec.field(default_factory=dict)
     """Per failed secret, the deepest lookup that hit it (`db.password`, not `db`)."""
-    parsed: dict[SecretRef, Any] = field(default_factory=dict)
+    parsed: dict[SecretRef, Any] = msgspec.field(default_factory=dict)
     """Each secret's JSON, parsed once per render however often a loop reads it."""
-    files: set[Path] = field(default_factory=set)
+    files: set[Path] = msgspec.field(default_factory=set)
     """The template files the render read or looked for (environment.py records them)."""
 
     def plain(self, text: object) -> str:

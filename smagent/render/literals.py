@@ -11,17 +11,16 @@ import hashlib
 import re
 import sys
 from collections.abc import Callable, MutableMapping, Set
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import msgspec
 from jinja2 import nodes
 
 from smagent.render.loader import TemplateLoader
 
 
-@dataclass(frozen=True, slots=True)
-class Scan:
+class Scan(msgspec.Struct, frozen=True):
     """What one template's own text holds: its words, and the templates it names."""
 
     digest: bytes
@@ -30,14 +29,13 @@ class Scan:
     includes: tuple[str, ...]
 
 
-@dataclass(slots=True)
-class Literals:
+class Literals(msgspec.Struct):
     """The literal text of a template and of what it includes by a literal name."""
 
     words: Set[str] = frozenset()
-    paths: dict[Path, None] = field(default_factory=dict)
+    paths: dict[Path, None] = msgspec.field(default_factory=dict)
     """The files read for it: when one changes, the words are read again."""
-    checks: list[Callable[[], bool]] = field(default_factory=list)
+    checks: list[Callable[[], bool]] = msgspec.field(default_factory=list)
     """Each file's up-to-date check (the loader's)."""
 
     @property

@@ -6,8 +6,9 @@ No message here holds a secret value, nor text derived from one (see messages.py
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from smagent.providers.base import ProviderError
 from smagent.references import Lookup, SecretRef
@@ -24,8 +25,7 @@ class ReferenceProblem(Exception):
         self.lookup = lookup
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(msgspec.Struct, frozen=True):
     """Why a template cannot be written: where, which reference, what went wrong."""
 
     message: str
@@ -44,8 +44,7 @@ class Problem:
         return f"{where}: {self.message}" if where else self.message
 
 
-@dataclass(frozen=True, slots=True)
-class RenderOutcome:
+class RenderOutcome(msgspec.Struct, frozen=True):
     """One render of one template with the values known so far."""
 
     lookups: frozenset[Lookup]
@@ -56,7 +55,7 @@ class RenderOutcome:
     """The parts of the missing references (id, version, stage) that were computed in the
     template, so may derive from a secret: the pipeline makes them known to the redactor
     before any provider is given them (a provider's own words spell them its own way)."""
-    labels: Mapping[Lookup, str] = field(default_factory=dict)
+    labels: Mapping[Lookup, str] = msgspec.field(default_factory=dict)
     """Each lookup as it may be shown (computed parts masked)."""
     files: frozenset[Path] = frozenset()
     """The template's source file and every file an include, import or extends read or

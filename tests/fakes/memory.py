@@ -12,10 +12,11 @@ tests can check that two spellings cost one fetch.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
+
+import msgspec
 
 from smagent.providers.base import (
     FetchResult,
@@ -46,7 +47,7 @@ class MemoryProvider:
 
     def canonical(self, ref: SecretRef) -> SecretRef:
         if ref.stage == CURRENT:
-            return dataclasses.replace(ref, stage=None)
+            return msgspec.structs.replace(ref, stage=None)
         return ref
 
     async def fetch(self, refs: Sequence[SecretRef]) -> Mapping[SecretRef, FetchResult]:
