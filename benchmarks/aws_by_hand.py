@@ -7,7 +7,8 @@
          (threads), to measure what the store physically allows
 
 Usage: `python benchmarks/aws_by_hand.py MODE TEMPLATES_DIR OUT_DIR [SECRET_ID...]`
-(endpoint and credentials from the usual AWS_* variables). Each template refers to
+(endpoint and credentials from the usual AWS_* variables; an endpoint other than
+127.0.0.1 is refused: benchmarks never leave this host). Each template refers to
 secrets as `{{ secret("aws:NAME") }}`, the spelling smagent reads too.
 """
 
@@ -40,8 +41,22 @@ def render_all(templates: Path, out: Path, fetch: Callable[[str], str]) -> None:
         os.replace(temporary, target)
 
 
+def local_endpoint() -> str:
+    """The endpoint `stores.py` sets; without it boto3 would call the real AWS."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_SECRETS_MANAGER") or os.environ.get(
+        "AWS_ENDPOINT_URL", ""
+    )
+    if not endpoint.startswith(("http://127.0.0.1:", "https://127.0.0.1:")):
+        sys.exit(
+            "aws_by_hand.py: set AWS_ENDPOINT_URL_SECRETS_MANAGER to a local store "
+            f"(http://127.0.0.1:PORT), not {endpoint!r}: benchmarks stay on this host"
+        )
+    return endpoint
+
+
 def main() -> None:
     mode, templates, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    local_endpoint()
     pool = botocore.config.Config(max_pool_connections=50)
     client = boto3.client("secretsmanager", config=pool)
     if mode == "loop":
