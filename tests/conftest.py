@@ -9,7 +9,9 @@ every smagent subprocess's stdout and stderr as soon as it exits.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +48,43 @@ CANARIES = (CANARY, CANARY_USER, CANARY_TOKEN, CANARY_FILE, CANARY_ENV)
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+def _loopback(address: object) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths, abstract sockets
+        return True
+    try:
+        return ipaddress.ip_address(str(address[0]).split("%")[0]).is_loopback
+    except ValueError:  # a name: resolved by the caller first, so none reaches here
+        return False
+
+
+class NetworkRefused(OSError):
+    """A test (or our code in it) tried to reach beyond this host."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _only_loopback() -> Iterator[None]:
+    """No test reaches beyond 127.0.0.1: a connect from this process to any other address
+    fails the call (a client built without the local endpoint would call the real cloud)."""
+    original_connect = socket.socket.connect
+    original_connect_ex = socket.socket.connect_ex
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if not _loopback(address):
+            raise NetworkRefused(f"tests stay on this host: connect to {address!r} refused")
+        original_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        if not _loopback(address):
+            raise NetworkRefused(f"tests stay on this host: connect to {address!r} refused")
+        return original_connect_ex(self, address)
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = original_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = original_connect_ex  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -255,3 +256,13 @@ def test_run_cli_checks_the_output_of_every_smagent_run(tmp_path: Path) -> None:
         run_cli("--config", tmp_path / f"{CANARY}.yaml", "check")
     assert "CANARY (as is) in stderr of smagent --config" in str(info.value)
     assert CANARY not in str(info.value)
+
+
+def test_a_connect_beyond_this_host_is_refused() -> None:
+    """The suite's guard: a socket may reach 127.0.0.1 and ::1, never another address."""
+    from tests.conftest import NetworkRefused
+
+    with socket.socket() as sock, pytest.raises(NetworkRefused):
+        sock.connect(("192.0.2.1", 443))  # TEST-NET-1: would hang, not fail, without the guard
+    with socket.socket() as sock:
+        assert 0 != sock.connect_ex(("127.0.0.1", 9))  # loopback goes through (nothing there)
