@@ -137,7 +137,8 @@ async def test_a_one_shot_pass_holds_few_compiled_templates_at_once(tmp_path: Pa
     large = small + 3 * pipeline.CHUNK
     peak_small, result_small = await _peak_of_one_shot_pass(tmp_path / "small", small)
     peak_large, result_large = await _peak_of_one_shot_pass(tmp_path / "large", large)
-    assert result_small.ok and result_large.ok
+    assert result_small.ok
+    assert result_large.ok
     assert "line_7 = value 7 value 8" in (tmp_path / "large/out/t7").read_text()
     per_template = (peak_large - peak_small) / (large - small)
     assert per_template < 4_000, f"{per_template:.0f} bytes more per template"
@@ -155,7 +156,8 @@ async def test_a_one_shot_pass_keeps_no_compiled_template(ws: Workspace) -> None
     async with open_providers(config.providers) as providers:
         once = Pipeline(config, providers, one_shot=True)
         kept = Pipeline(config, providers)
-        assert (await once.run()).ok and (await kept.run()).ok
+        assert (await once.run()).ok
+        assert (await kept.run()).ok
     assert 0 == len(once.renderer.env.scans)
     assert 0 == len(once.renderer.env.cache or {})
     assert 3 == len(kept.renderer.env.scans)
