@@ -177,13 +177,14 @@ async def _render(
     from smagent.pipeline import Pipeline
 
     if dry_run:
-        return await Pipeline(config, providers).run(templates, dry_run=True)
+        return await Pipeline(config, providers, one_shot=True).run(templates, dry_run=True)
     journal = await Journal.open(config)
     orphans = await journal.orphans()
     ledger = Ledger()
     try:
         await ledger.adopt(orphans, config)
-        return await Pipeline(config, providers).run(templates, journal=journal, ledger=ledger)
+        pipeline = Pipeline(config, providers, one_shot=True)
+        return await pipeline.run(templates, journal=journal, ledger=ledger)
     finally:
         ledger.release()
         for record in orphans:
@@ -237,7 +238,7 @@ async def _check(providers: dict[str, Provider], config: Config, connect: bool) 
     from smagent.render import COMPUTED
     from smagent.resolver import Resolver
 
-    pipeline = Pipeline(config, providers)
+    pipeline = Pipeline(config, providers, one_shot=True)
     resolver = Resolver(providers if connect else {}, float(config.defaults.fetch_timeout))
     if connect:
         outcomes = await pipeline.render_all(config.templates, resolver)
@@ -281,7 +282,7 @@ def _lookup_problem(lookup: Lookup, found: FetchResult | None, label: str) -> st
     return None
 
 
-def _deepest(lookups: frozenset[Lookup]) -> list[Lookup]:
+def _deepest(lookups: Sequence[Lookup]) -> list[Lookup]:
     """`secrets.db.password` records `db` then `db.password`: list only the latter."""
     deepest = [
         lookup

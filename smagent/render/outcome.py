@@ -5,7 +5,7 @@ No message here holds a secret value, nor text derived from one (see messages.py
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import msgspec
@@ -44,10 +44,38 @@ class Problem(msgspec.Struct, frozen=True):
         return f"{where}: {self.message}" if where else self.message
 
 
+class Labels(Mapping[Lookup, str]):
+    """Each lookup of an outcome as it may be shown: `str(lookup)`, unless a part of it was
+    computed and is masked; only those are stored. A dict of every label of every outcome
+    was a tenth of the memory of a pass at 10,000 templates, for `check` alone to read."""
+
+    __slots__ = ("_lookups", "_masked")
+
+    def __init__(self, lookups: tuple[Lookup, ...], masked: Mapping[Lookup, str]) -> None:
+        self._lookups = lookups
+        self._masked = masked
+
+    def __getitem__(self, lookup: Lookup) -> str:
+        masked = self._masked.get(lookup)
+        if masked is None and lookup not in self._lookups:
+            raise KeyError(lookup)
+        return str(lookup) if masked is None else masked
+
+    def __iter__(self) -> Iterator[Lookup]:
+        return iter(self._lookups)
+
+    def __len__(self) -> int:
+        return len(self._lookups)
+
+
+NO_LABELS = Labels((), {})
+
+
 class RenderOutcome(msgspec.Struct, frozen=True):
     """One render of one template with the values known so far."""
 
-    lookups: frozenset[Lookup]
+    lookups: tuple[Lookup, ...]
+    """Each distinct lookup the render made, once (a tuple: a frozenset of 30 took 1.2 KB)."""
     missing: frozenset[SecretRef] = frozenset()
     output: bytes | None = None
     problems: tuple[Problem, ...] = ()
@@ -55,7 +83,7 @@ class RenderOutcome(msgspec.Struct, frozen=True):
     """The parts of the missing references (id, version, stage) that were computed in the
     template, so may derive from a secret: the pipeline makes them known to the redactor
     before any provider is given them (a provider's own words spell them its own way)."""
-    labels: Mapping[Lookup, str] = msgspec.field(default_factory=dict)
+    labels: Mapping[Lookup, str] = msgspec.field(default_factory=lambda: NO_LABELS)
     """Each lookup as it may be shown (computed parts masked)."""
     files: frozenset[Path] = frozenset()
     """The template's source file and every file an include, import or extends read or
