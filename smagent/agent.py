@@ -47,11 +47,12 @@ from smagent.config import (
 from smagent.index import Index
 from smagent.logging import REDACTOR, get_logger
 from smagent.notify import Notifier
-from smagent.pending import Journal, Ledger
+from smagent.pending import Journal, Ledger, key_of
 from smagent.pipeline import PassResult, Pipeline, Status
 from smagent.providers import ProviderSetupError, create_provider
-from smagent.providers.base import Provider
+from smagent.providers.base import Provider, ProviderError
 from smagent.references import SecretRef
+from smagent.retire import HostView, Retiring, next_due, review
 from smagent.scheduler import Scheduler
 from smagent.state import STATUS_FILE, StateDirError, ensure_state_dir, state_dir_for
 from smagent.watch import Watcher
@@ -86,6 +87,8 @@ class TemplateState:
     retry_at: float | None = None
     """`time.monotonic()` at which a template whose write failed is rendered again."""
     write_failures: int = 0
+    rendered_pass_started: float | None = None
+    """`time.time()` at which the last pass that rendered it without error began."""
 
 
 class Agent:
@@ -130,6 +133,10 @@ class Agent:
         self._scheduled: set[str] = set()
         """The ledger keys a batch is about to run or running."""
         self._status_lock = asyncio.Lock()
+        self.retiring: list[Retiring] = []
+        """Replaced leases waiting to be revoked (smagent/retire.py)."""
+        self._retire_wake = asyncio.Event()
+        self._revoking: set[asyncio.Task[None]] = set()
         self._write_errors: dict[str, str] = {}
         self._states_written: dict[str, str] = {}
         """Each provider's health state as the last status.json said it."""
@@ -159,6 +166,7 @@ class Agent:
             self._start(self._watch_loop, "watcher")
             self._start(self._refresh_loop, "scheduler")
             self._start(self._actions_loop, "actions")
+            self._start(self._retire_loop, "leases")
             self._start(self._heartbeat_loop, "status")
             await self._first_pass()
             await self._loop()
@@ -242,6 +250,14 @@ class Agent:
         await asyncio.gather(*self._batches, return_exceptions=True)
         await self.ledger.run(self.ledger.due(time.monotonic()))
         self.ledger.release()  # what is still owed stays on disk for the next start
+        await asyncio.gather(*self._revoking, return_exceptions=True)
+        for item in self.retiring:  # the files may still hold them: they end on their own
+            log.info(
+                "lease.left_to_expire",
+                provider=item.ref.provider,
+                reference=str(item.ref),
+                reason="the agent stopped before its grace ended",
+            )
         if self.watcher is not None:
             await self.watcher.close()
         await self._close_providers(list(self.providers))
@@ -282,6 +298,8 @@ class Agent:
         self._learn(result, started)
         if len(self.ledger):
             self._actions_wake.set()
+        if self.retiring:
+            self._retire_wake.set()
         await self._write_status()
 
     def _learn(self, result: PassResult, started: float) -> None:
@@ -307,6 +325,7 @@ class Agent:
                     state.retry_at = time.monotonic() + delay
             else:
                 state.last_success = now
+                state.rendered_pass_started = started
                 state.failing_since = None
                 state.error = None
                 state.retry_at = None
@@ -394,6 +413,7 @@ class Agent:
             entry = self.cache.entries.get(ref)
             if entry is not None:
                 self.scheduler.plan(ref, entry)
+        self._take_replaced()
         if look.changed:
             self._mark_dirty(self.index.using(look.changed))
         elif self._provider_states() != self._states_written:
@@ -460,7 +480,94 @@ class Agent:
             self._scheduled.difference_update(keys)
             self._batches.discard(asyncio.current_task())
             self._actions_wake.set()  # owed again meanwhile, or a new backoff to sleep for
+            if self.retiring:
+                self._retire_wake.set()
         await self._write_status()
+
+    # --- replaced leases -------------------------------------------------------------------
+
+    def _take_replaced(self) -> None:
+        """Leases a check replaced: each waits for its revocation (smagent/retire.py)."""
+        for replaced in self.cache.take_replaced():
+            provider = self.providers.get(replaced.ref.provider)
+            grace = provider.revoke_after() if provider is not None else None
+            if provider is None or grace is None:
+                continue  # the provider does not revoke: the lease ends on its own
+            self.retiring.append(
+                Retiring(replaced.ref, replaced.lease, provider, replaced.at, grace)
+            )
+        if self.retiring:
+            self._retire_wake.set()
+
+    def _host_view(self) -> HostView:
+        def still_held(item: Retiring) -> bool:
+            return (
+                item.ref in self.cache.entries
+                and self.providers.get(item.ref.provider) is item.provider
+            )
+
+        def rendered_since(name: str) -> float | None:
+            state = self.templates.get(name)
+            return None if state is None else state.rendered_pass_started
+
+        actions = {t.name: {key_of(a) for a in t.on_change} for t in self._managed()}
+
+        def owes_actions(name: str) -> bool:
+            return any(key in self.ledger.owed for key in actions.get(name, ()))
+
+        return HostView(
+            still_held=still_held,
+            using=lambda ref: self.index.using({ref}),
+            rendered_since=rendered_since,
+            owes_actions=owes_actions,
+        )
+
+    async def _retire_loop(self) -> None:
+        """Revoke each replaced lease once its files and actions are done and its grace ran."""
+        while True:
+            self._retire_wake.clear()
+            found = review(self.retiring, self._host_view(), time.time(), time.monotonic())
+            for item, why in found.dropped:
+                log.info(
+                    "lease.left_to_expire",
+                    provider=item.ref.provider,
+                    reference=str(item.ref),
+                    reason=why,
+                )
+            for item in found.due:
+                task = asyncio.create_task(self._revoke(item), name="revoke")
+                self._revoking.add(task)
+                task.add_done_callback(self._revoking.discard)
+            at = next_due(self.retiring)
+            timeout = None if at is None else max(0.0, at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._retire_wake.wait()
+
+    async def _revoke(self, item: Retiring) -> None:
+        ref = item.ref
+        try:
+            await item.provider.revoke(ref, item.lease)
+        except ProviderError as exc:  # it ends on its own at its expiry: told, not retried
+            log.warning(
+                "lease.revoke_failed",
+                provider=ref.provider,
+                reference=str(ref),
+                error=exc.kind,
+                detail=REDACTOR.scrub(exc.detail),
+                ends_by_itself_in=round(max(0.0, item.expires - time.time()), 1),
+            )
+            return
+        except Exception as exc:  # our bug: the same, and the loop goes on
+            log.error("lease.revoke_crashed", provider=ref.provider, error_type=type(exc).__name__)
+            return
+        log.info(
+            "lease.revoked",
+            provider=ref.provider,
+            reference=str(ref),
+            replaced_s_ago=round(time.time() - item.replaced_at, 2),
+            grace=item.grace,
+        )
 
     async def _heartbeat_loop(self) -> None:
         while True:
