@@ -41,7 +41,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
-from moto.secretsmanager.models import secretsmanager_backends
+from moto.secretsmanager.models import SecretsManagerBackend, secretsmanager_backends
 from werkzeug.serving import make_server
 
 REGION = "us-east-1"
@@ -239,6 +239,37 @@ def _answer(
     return [body]
 
 
+def _current_follows_its_label() -> None:
+    """Make moto answer the version that AWSCURRENT is on, as AWS does.
+
+    moto 5.2 answers GetSecretValue and BatchGetSecretValue without a stage from
+    a `default_version_id` that `UpdateSecretVersionStage` never moves: after a
+    rotation's finishSecret step (AWSCURRENT moved to the AWSPENDING version)
+    AWS serves the new value and moto kept serving the old one.
+    """
+    original = SecretsManagerBackend.update_secret_version_stage
+    if getattr(original, "follows_label", False):
+        return
+
+    def update_secret_version_stage(
+        self: SecretsManagerBackend,
+        secret_id: str,
+        version_stage: str,
+        remove_from_version_id: str,
+        move_to_version_id: str,
+    ) -> tuple[str, str]:
+        answer = original(
+            self, secret_id, version_stage, remove_from_version_id, move_to_version_id
+        )
+        if version_stage == "AWSCURRENT" and move_to_version_id:
+            self.secrets[secret_id].set_default_version_id(move_to_version_id)  # type: ignore[union-attr]
+        return answer
+
+    update_secret_version_stage.follows_label = True  # type: ignore[attr-defined]
+    SecretsManagerBackend.update_secret_version_stage = update_secret_version_stage  # type: ignore[method-assign]
+
+
+_current_follows_its_label()
 _SHARED: list[MotoFake] = []
 
 
