@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import yaml
 from tests import leaks
 from tests.agent_config import AWS_ENV
 from tests.conftest import REPO, run_cli
-from tests.fakes.moto_server import REGION, MotoFake, shared_moto
+from tests.fakes.moto_server import REGION, MotoFake
 
 EXAMPLE = REPO / "examples" / "database-host"
 TEMPLATES = ("mysql-client", "arcion-mysql")
@@ -51,14 +50,6 @@ def _tool(name: str, package: str) -> str:
             pytest.fail(f"{name} ({package}) missing while CI is set")
         pytest.skip(f"{name} (Debian {package}) is not installed")
     return found
-
-
-@pytest.fixture
-def moto() -> Iterator[MotoFake]:
-    server = shared_moto()
-    server.reset()
-    yield server
-    server.reset()
 
 
 @pytest.fixture

@@ -156,6 +156,11 @@ class VaultFake:
         self.database: DatabaseEngine | None = None
         """Opt-in: a real database behind database/creds (see the module's docstring)."""
         self.lease_events: list[LeaseRecord] = []
+        self.in_transition = 0
+        self.count_lock = threading.Lock()
+        """Held while `leases` and `in_transition` change together (another thread counts)."""
+        """Leases being issued (user created, lease not yet recorded) or ended (lease gone,
+        user not yet dropped): `live_leases` counts them, so a user never outnumbers them."""
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._counter = itertools.count(1)
@@ -196,8 +201,9 @@ class VaultFake:
         self.faults.append(Fault(status, words, paths, count, retry_after, html))
 
     def live_leases(self) -> int:
-        """Leases issued and not yet ended (revoked or expired, and swept)."""
-        return len(self.leases)
+        """Leases issued and not yet ended, and those being issued or ended this instant."""
+        with self.count_lock:
+            return len(self.leases) + self.in_transition
 
     def count(self, event: LeaseEvent) -> int:
         return sum(1 for record in self.lease_events if record.event == event)
@@ -259,7 +265,7 @@ class VaultFake:
             return await self._renew_lease(await _body(request))
         if path == "sys/leases/revoke" and request.method in ("POST", "PUT"):
             lease_id = str((await _body(request)).get("lease_id"))
-            lease = self.leases.pop(lease_id, None)
+            lease = self._take(lease_id)
             if lease is None:
                 return _errors(400, ["invalid lease ID"])
             problem = await self._end(lease_id, lease, "revoked")
@@ -347,14 +353,21 @@ class VaultFake:
         lease_id = f"database/creds/{role}/{uuid.uuid4().hex[:24]}"
         now = time.time()
         if self.database is not None:
+            with self.count_lock:
+                self.in_transition += 1
             try:
                 await asyncio.to_thread(self.database.create, username, password, now + ttl)
             except Exception as exc:  # Vault's words name the role, never the password
+                with self.count_lock:
+                    self.in_transition -= 1
                 return _errors(500, [f"creating user {username} failed: {type(exc).__name__}"])
         self.users_created += 1
         if self.on_user_created is not None:
             self.on_user_created(username, password)
-        self.leases[lease_id] = LeaseState(role, username, ttl, now + max_ttl, True, now + ttl)
+        with self.count_lock:
+            self.leases[lease_id] = LeaseState(role, username, ttl, now + max_ttl, True, now + ttl)
+            if self.database is not None:
+                self.in_transition -= 1
         self.lease_events.append(LeaseRecord("issued", lease_id, username, time.monotonic()))
         body = _envelope({"username": username, "password": password}, lease_duration=int(ttl))
         body.update(lease_id=lease_id, renewable=True)
@@ -382,6 +395,14 @@ class VaultFake:
         answer.update(lease_id=lease_id, renewable=True)
         return _json(answer)
 
+    def _take(self, lease_id: str) -> LeaseState | None:
+        """Take a lease out as it ends (still counted until its user is dropped)."""
+        with self.count_lock:
+            lease = self.leases.pop(lease_id, None)
+            if lease is not None and self.database is not None:
+                self.in_transition += 1
+            return lease
+
     async def _end(self, lease_id: str, lease: LeaseState, why: LeaseEvent) -> str | None:
         """A lease's end (already out of `leases`): the user is dropped; Vault's words if not."""
         self.lease_events.append(LeaseRecord(why, lease_id, lease.username, time.monotonic()))
@@ -391,6 +412,9 @@ class VaultFake:
             await asyncio.to_thread(self.database.revoke, lease.username)
         except Exception as exc:
             return f"revoking user {lease.username} failed: {type(exc).__name__}"
+        finally:
+            with self.count_lock:
+                self.in_transition -= 1
         return None
 
     async def sweep(self) -> None:
@@ -399,7 +423,7 @@ class VaultFake:
             await asyncio.sleep(SWEEP_EVERY)
             now = time.time()
             for lease_id in [k for k, v in self.leases.items() if v.expires <= now]:
-                lease = self.leases.pop(lease_id, None)
+                lease = self._take(lease_id)
                 if lease is not None:
                     await self._end(lease_id, lease, "expired")
 
