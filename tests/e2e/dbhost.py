@@ -43,7 +43,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -162,6 +162,15 @@ class DbHost:
         """Set `role`'s password, as a rotation's setSecret step does (client-side verifier)."""
         assert _ROLE.match(role), f"not a plain role name: {role!r}"
         self._secret_sql(f"ALTER ROLE {role} PASSWORD '{scram_sha256(password)}';")
+
+    def end_sessions(self, role: str) -> int:
+        """End `role`'s sessions on the server: pgbouncer's pooled server connections for it
+        go, so its next client needs a new server login (as when a pool grows under load or
+        a connection reaches server_lifetime). How many there were."""
+        assert _ROLE.match(role), f"not a plain role name: {role!r}"
+        query = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = "
+        ended = self.sql(f"{query}'{role}'")
+        return int(ended)
 
     def drop_roles(self) -> None:
         """Drop the roles this test created (their sessions ended first)."""
@@ -393,3 +402,70 @@ def write_config(folder: Path, config: Mapping[str, object]) -> Path:
     path = folder / "smagent.yaml"
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
     return path
+
+
+# --- watching for a file to be renamed into place ----------------------------------------------
+
+
+class RenameWatch:
+    """inotify on a folder: calls `then()` the moment a file named `name` is renamed into it.
+
+    The reaction must come before the agent's next system calls (its folder fsync, then the
+    SIGHUP), so this is raw inotify read in a thread that does nothing else (watchfiles
+    batches events over milliseconds). Used as a context manager around the step that
+    makes the agent write the file; `fired` is time.time() of the reaction, 0 if none.
+    """
+
+    IN_MOVED_TO = 0x80
+    IN_CLOSE_WRITE = 0x08
+
+    def __init__(self, folder: Path, name: str, then: Callable[[], object]) -> None:
+        import ctypes
+        import threading
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_CLOEXEC)
+        assert self._fd >= 0, f"inotify_init1: errno {ctypes.get_errno()}"
+        mask = self.IN_MOVED_TO | self.IN_CLOSE_WRITE
+        if self._libc.inotify_add_watch(self._fd, bytes(folder), mask) < 0:
+            os.close(self._fd)
+            raise AssertionError(f"inotify_add_watch: errno {ctypes.get_errno()}")
+        self.name = name.encode()
+        self.then = then
+        self.fired = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="rename-watch", daemon=True)
+
+    def __enter__(self) -> RenameWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        os.close(self._fd)
+
+    def wait(self, timeout: float) -> float:
+        """Wait until it fired; when."""
+        self._thread.join(timeout)
+        assert self.fired, f"{self.name.decode()} was not renamed into place within {timeout}s"
+        return self.fired
+
+    def _watch(self) -> None:
+        import select
+        import struct
+
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.05)
+            if not ready:
+                continue
+            data = os.read(self._fd, 65536)
+            offset = 0
+            while offset < len(data):
+                _wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16 : offset + 16 + length].rstrip(b"\0")
+                offset += 16 + length
+                if mask & self.IN_MOVED_TO and name == self.name:
+                    self.then()
+                    self.fired = time.time()
+                    return

@@ -82,14 +82,23 @@ class Rotator:
                 return str(version)
         raise AssertionError("no AWSCURRENT version")
 
-    def rotate(self, *, alternating: bool, test_timeout: float = 15) -> Rotation:
-        """One rotation (the four steps above); its times."""
+    def rotate(
+        self,
+        *,
+        alternating: bool,
+        test_timeout: float = 15,
+        after_set: Callable[[str], object] | None = None,
+    ) -> Rotation:
+        """One rotation (the four steps above); its times. `after_set(user)` runs right after
+        the password changed in PostgreSQL (to end pooled server connections, say)."""
         user = self.stage("AWSPREVIOUS" if alternating else "AWSCURRENT")["username"]
         password = self.new_password()
         rotation = Rotation(user)
         old_version = self.current_version()
         self.dbhost.set_password(user, password)
         rotation.set_at = time.time()
+        if after_set is not None:
+            after_set(user)
         answer = self.client.put_secret_value(
             SecretId=self.secret_id,
             SecretString=_value(user, password),
@@ -98,15 +107,19 @@ class Rotator:
         rotation.put_at = time.time()
         if alternating:
             rotation.accepted_at = self.wait_accepted(user, password, test_timeout)
-        self.client.update_secret_version_stage(
-            SecretId=self.secret_id,
-            VersionStage="AWSCURRENT",
-            MoveToVersionId=answer["VersionId"],
-            RemoveFromVersionId=old_version,
-        )
+        self.finish(answer["VersionId"], old_version)
         rotation.finish_at = time.time()
         self.rotations.append(rotation)
         return rotation
+
+    def finish(self, version: str, old_version: str | None = None) -> None:
+        """finishSecret: AWSCURRENT moves to `version` (from `old_version`, else the current)."""
+        self.client.update_secret_version_stage(
+            SecretId=self.secret_id,
+            VersionStage="AWSCURRENT",
+            MoveToVersionId=version,
+            RemoveFromVersionId=old_version or self.current_version(),
+        )
 
     def wait_accepted(self, user: str, password: str, timeout: float) -> float:
         """testSecret: poll a login through pgbouncer; when it first worked."""

@@ -11,9 +11,13 @@ the way AWS's rotation Lambdas do. `pytest -s tests/e2e` prints the figures.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from tests import leaks
 from tests.agent_config import AWS_ENV
 from tests.agent_process import AgentFactory, AgentProcess, Event
 from tests.e2e.conftest import unique_roles
-from tests.e2e.dbhost import DbHost, example_config, postgres_owner, write_config
+from tests.e2e.dbhost import DbHost, RenameWatch, example_config, postgres_owner, write_config
 from tests.e2e.load import LoadLoop
 from tests.e2e.rotation import Rotator
 from tests.fakes.moto_server import REGION, MotoFake
@@ -51,6 +55,7 @@ def start_host(
     folder: Path,
     *,
     refresh: str = REFRESH,
+    wait: str = "0s",
 ) -> tuple[AgentProcess, Path, Path]:
     """pgbouncer (with an empty userlist), then the agent on the example's config: the agent's
     first pass writes both files and reloads pgbouncer once. (agent, config, clients' file)"""
@@ -70,6 +75,7 @@ def start_host(
         templates={USERLIST: dbhost.userlist, CLIENTS: clients_file},
         providers={"aws": {"endpoint_url": moto.endpoint, "region": REGION}},
         refresh=refresh,
+        defaults={"wait": {"min": wait, "max": "0s"}},
     )
     path = write_config(folder, config)
     process = agent(path, env=AWS_ENV)
@@ -130,3 +136,209 @@ def report(title: str, load: LoadLoop, rows: Sequence[tuple[float, ...]]) -> Non
             f"  {name}: median {statistics.median(column) * 1000:.0f} ms, "
             f"max {max(column) * 1000:.0f} ms"
         )
+
+
+SINGLE_ROTATIONS = 3
+"""Per kind (a quiet pool, a pool that needs a new server connection mid-rotation)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """The failed connections of one single-user rotation."""
+
+    failed: int
+    seconds: float
+    """From the first failed attempt's start to the last one's end (0 when none failed)."""
+    set_to_reload: float
+
+
+def single_user_windows(
+    dbhost: DbHost,
+    moto: MotoFake,
+    secretsmanager: Any,
+    new_password: Callable[[], str],
+    agent: AgentFactory,
+    folder: Path,
+    *,
+    churn: list[bool],
+    refresh: str = REFRESH,
+    settle: float = 1.5,
+    wait: str = "0s",
+) -> tuple[LoadLoop, list[Window]]:
+    """Single-user rotations under load, one per item of `churn` (True: the user's pooled
+    server connections are ended right after the password changed). Per rotation, the
+    failed connections that started after its setSecret and before the next one's."""
+    rotator = Rotator(secretsmanager, dbhost, new_password)
+    rotator.bootstrap(unique_roles("single", 1))
+    process, _config, clients_file = start_host(
+        dbhost, moto, agent, folder, refresh=refresh, wait=wait
+    )
+    reload_times = []
+    with LoadLoop(dbhost.conninfo(), clients_file) as load:
+        load.wait_attempts(10)
+        for number, end_sessions in enumerate(churn, 1):
+            mark = process.mark()
+            rotator.rotate(
+                alternating=False, after_set=dbhost.end_sessions if end_sessions else None
+            )
+            process.wait_for("template.rendered", since=mark, template=CLIENTS, timeout=30)
+            reload_times.append(dbhost.wait_reloads(1 + number, timeout=30)[-1])
+            time.sleep(settle)  # the rotation's failures (if any) are over by now
+            load.wait_attempts(5)
+    attempts = load.snapshot()
+    sets = [rotation.set_at for rotation in rotator.rotations]
+    windows = []
+    for index, set_at in enumerate(sets):
+        until = sets[index + 1] if index + 1 < len(sets) else float("inf")
+        failed = [a for a in attempts if not a.ok and set_at <= a.start < until]
+        seconds = failed[-1].end - failed[0].start if failed else 0.0
+        windows.append(Window(len(failed), seconds, reload_times[index] - set_at))
+    before = [a for a in attempts if not a.ok and a.start < sets[0]]
+    assert [] == before, "failures before the first rotation"
+    return load, windows
+
+
+def test_single_user_rotation_fails_connections_only_in_a_short_window(
+    dbhost: DbHost,
+    moto: MotoFake,
+    secretsmanager: Any,
+    new_password: Callable[[], str],
+    agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """A single user rotated under 25 connections/s with the example's settings: with a quiet
+    pool at most a connection or two fail, at the reload; when the pool needs a new server
+    connection between setSecret and the reload, failures stop within about a second of it."""
+    churn = [False] * SINGLE_ROTATIONS + [True] * SINGLE_ROTATIONS
+    load, windows = single_user_windows(
+        dbhost, moto, secretsmanager, new_password, agent, tmp_path, churn=churn
+    )
+    print(f"\nsingle user: {load.summary()}")
+    for window, ended in zip(windows, churn, strict=True):
+        kind = "pool emptied" if ended else "quiet pool  "
+        print(
+            f"  {kind}: setSecret->reload {window.set_to_reload * 1000:4.0f} ms, "
+            f"{window.failed:2d} failed over {window.seconds * 1000:5.0f} ms"
+        )
+    errors = sorted({a.error.split("FATAL:")[-1].strip() for a in load.failures()})
+    print(f"  errors: {errors}")
+    retry = float(dbhost.settings["server_login_retry"])
+    for window, ended in zip(windows, churn, strict=True):
+        if ended:
+            assert window.seconds <= window.set_to_reload + retry + 1.0, window
+        else:
+            assert window.failed <= 2, window
+
+
+SWEEP = [
+    # (refresh, server_login_retry, wait.min)
+    ("500ms", "1", "0s"),
+    ("500ms", "0", "0s"),
+    ("2s", "1", "0s"),
+    ("500ms", "1", "1s"),
+    ("500ms", "15", "0s"),
+]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SMAGENT_E2E_SWEEP"), reason="long mode: SMAGENT_E2E_SWEEP=1 (~2 min)"
+)
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("refresh", "retry", "wait"), SWEEP)
+def test_single_user_window_by_setting(
+    dbhost: DbHost,
+    moto: MotoFake,
+    secretsmanager: Any,
+    new_password: Callable[[], str],
+    agent: AgentFactory,
+    tmp_path: Path,
+    refresh: str,
+    retry: str,
+    wait: str,
+) -> None:
+    """The single-user window (pool emptied mid-rotation) for each setting of SWEEP."""
+    dbhost.settings["server_login_retry"] = retry
+    settle = float(retry) + 1.5
+    load, windows = single_user_windows(
+        dbhost, moto, secretsmanager, new_password, agent, tmp_path,
+        churn=[True, True, True], refresh=refresh, settle=settle, wait=wait,
+    )  # fmt: skip
+    failed = [w.failed for w in windows]
+    spans = [round(w.seconds * 1000) for w in windows]
+    reloads = [round(w.set_to_reload * 1000) for w in windows]
+    print(
+        f"\nSWEEP refresh={refresh} server_login_retry={retry} wait.min={wait}: "
+        f"failed {failed}, window ms {spans}, setSecret->reload ms {reloads}; {load.summary()}"
+    )
+
+
+CRASHES = 2
+
+
+def test_sigkill_right_after_the_userlist_is_written_then_a_restart_still_reloads_pgbouncer(
+    dbhost: DbHost,
+    moto: MotoFake,
+    secretsmanager: Any,
+    new_password: Callable[[], str],
+    agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """The agent SIGKILLed the moment a rotated userlist lands (before its SIGHUP), then
+    started again: pgbouncer gets its reload from the pending record, the rotation completes,
+    and no connection fails."""
+    rotator = Rotator(secretsmanager, dbhost, new_password)
+    rotator.bootstrap(unique_roles("crash"))
+    process, config, clients_file = start_host(dbhost, moto, agent, tmp_path)
+    pending = tmp_path / "state" / "pending"
+    landed_before_reload = 0
+    rows = []
+    with LoadLoop(dbhost.conninfo(), clients_file) as load:
+        load.wait_attempts(10)
+        for _ in range(CRASHES):
+            reloads_before = len(dbhost.reloads())
+            victim = process.pid
+
+            def kill(victim: int = victim) -> None:
+                os.kill(victim, signal.SIGKILL)
+
+            with RenameWatch(dbhost.folder, dbhost.userlist.name, kill) as watch:
+                user = rotator.stage("AWSPREVIOUS")["username"]
+                password = new_password()
+                dbhost.set_password(user, password)
+                put_at = time.time()
+                answer = secretsmanager.put_secret_value(
+                    SecretId=rotator.secret_id,
+                    SecretString=json.dumps({"username": user, "password": password}),
+                    VersionStages=["AWSPENDING"],
+                )
+                killed_at = watch.wait(10)
+            assert -signal.SIGKILL == process.wait(5)
+            process.kill()  # reaped
+            time.sleep(0.3)  # a SIGHUP sent before the kill shows in pgbouncer's log by now
+            before_restart = len(dbhost.reloads())
+            landed_before_reload += before_restart == reloads_before
+            owed = sorted(p.name for p in pending.iterdir()) if pending.exists() else []
+            if before_restart == reloads_before:
+                assert owed, "the SIGHUP is owed, yet no pending record"
+            restart_at = time.time()
+            process = agent(config, env=AWS_ENV)
+            process.wait_for("agent.ready", timeout=30)
+            reloads = dbhost.wait_reloads(before_restart + 1, timeout=10)
+            accepted_at = rotator.wait_accepted(user, password, 10)
+            rotator.finish(answer["VersionId"])
+            process.wait_for("template.rendered", template=CLIENTS, timeout=10)
+            rows.append((killed_at - put_at, reloads[-1] - restart_at, accepted_at - put_at))
+            load.wait_attempts(10)
+    print(f"\ncrash in the middle: {load.summary()}")
+    for killed, reload, accepted in rows:
+        print(
+            f"  put->SIGKILL {killed * 1000:4.0f} ms, restart->reload {reload * 1000:4.0f} ms, "
+            f"put->pgbouncer accepts the new user {accepted * 1000:5.0f} ms"
+        )
+    print(
+        f"  kills that landed between the userlist's rename and its SIGHUP: "
+        f"{landed_before_reload} of {CRASHES}"
+    )
+    assert [] == load.failures()
+    assert [] == sorted(p.name for p in pending.iterdir())
+    assert landed_before_reload >= 1, "no kill fell between the rename and the SIGHUP"
