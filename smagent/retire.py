@@ -23,15 +23,26 @@ by a reload, the agent stops first, or the lease ends before 1-3 hold.
 
 `review` is the decision, pure (the agent passes what it knows as
 callables); the agent's retire loop does the I/O (`Provider.revoke`).
+
+Commands that read a dynamic secret only to look at it -- `check --connect`,
+`render --dry-run`, `get` without `--reveal` -- write it nowhere: its lease
+is revoked before they exit (`revoke_unused`), so a monitoring check run
+every minute does not leave a database user behind each time. `get --reveal`
+keeps it (its output is the credential), and so does `render --once` (its
+files use it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from smagent.providers.base import Lease, Provider
+from smagent.logging import REDACTOR, get_logger
+from smagent.providers.base import FetchResult, Lease, Provider, ProviderError, SecretValue
 from smagent.references import SecretRef
+
+log = get_logger()
 
 
 @dataclass(slots=True)
@@ -115,3 +126,38 @@ def _ready(item: Retiring, view: HostView) -> bool:
         if started is None or started < item.replaced_at or view.owes_actions(name):
             return False
     return True
+
+
+async def revoke_unused(
+    providers: Mapping[str, Provider], results: Mapping[SecretRef, FetchResult]
+) -> int:
+    """Revoke every lease in `results` (a command's reads nothing will use); how many were.
+
+    Only where the provider revokes at all (`revoke_after` not None); a failure is
+    logged, and the lease then ends on its own.
+    """
+    leases: dict[str, tuple[SecretRef, Lease, Provider]] = {}
+    for ref, value in results.items():
+        provider = providers.get(ref.provider)
+        if not isinstance(value, SecretValue) or value.lease is None or provider is None:
+            continue
+        if provider.revoke_after() is not None:
+            leases.setdefault(value.lease.lease_id, (ref, value.lease, provider))
+
+    async def one(ref: SecretRef, lease: Lease, provider: Provider) -> bool:
+        try:
+            await provider.revoke(ref, lease)
+        except ProviderError as exc:
+            log.warning(
+                "lease.revoke_failed",
+                provider=ref.provider,
+                reference=str(ref),
+                error=exc.kind,
+                detail=REDACTOR.scrub(exc.detail),
+            )
+            return False
+        log.info("lease.revoked", provider=ref.provider, reference=str(ref), reason="unused")
+        return True
+
+    done = await asyncio.gather(*(one(*item) for item in leases.values()))
+    return sum(done)

@@ -20,6 +20,7 @@ from smagent.retire import HostView, Retiring, next_due, review
 from tests import leaks
 from tests.agent_config import AgentWorkspace, hup
 from tests.agent_process import AgentFactory
+from tests.conftest import run_cli
 from tests.fakes.memory import MemoryProvider
 from tests.fakes.vault import LeaseRecord, VaultFake, running
 from tests.sighup_counter import SighupCounter
@@ -128,6 +129,37 @@ def test_no_grace_configured_means_never_revoked(
     end = wait_end(vault, vault.lease_events[0].lease_id, TTL + 2)
     assert "expired" == end.event
     assert [] == vault.seen("sys/leases/revoke")
+
+
+# --- one-shot commands that only look ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("grace", ["30s", None])
+def test_commands_that_only_look_revoke_their_credentials(
+    tmp_path: Path, vault: VaultFake, grace: str | None
+) -> None:
+    """check --connect, render --dry-run and get (masked) revoke the lease they read: nothing
+    will use it; get --reveal and render --once keep theirs; `revoke_replaced_after: null`
+    revokes nothing."""
+    ws = workspace(tmp_path, vault, grace)
+    ws.contents("out/app.env", "USER={{ secrets.pg.username }}\n")
+    ws.write()
+    looks = [
+        ("check", "--connect"),
+        ("render", "--dry-run"),
+        ("get", "pg/username"),
+    ]
+    for args in looks:
+        run = run_cli("--config", ws.config_path, *args)
+        assert 0 == run.returncode, run.stderr
+    revoked_by_looks = vault.count("revoked")
+    for args in (("get", "pg/username", "--reveal"), ("render", "--once")):
+        run = run_cli("--config", ws.config_path, *args)
+        assert 0 == run.returncode, run.stderr
+    assert 5 == vault.count("issued")
+    assert (3 if grace else 0) == revoked_by_looks
+    assert revoked_by_looks == vault.count("revoked")
+    assert 5 - revoked_by_looks == vault.live_leases()
 
 
 # --- the decision alone ---------------------------------------------------------------------------
