@@ -44,6 +44,7 @@ from smagent.config import (
     TemplateSpec,
     load_config,
 )
+from smagent.held_leases import LEASES_FILE, HeldLease, read_held, write_held
 from smagent.index import Index
 from smagent.logging import REDACTOR, get_logger
 from smagent.notify import Notifier
@@ -137,6 +138,10 @@ class Agent:
         """Replaced leases waiting to be revoked (smagent/retire.py)."""
         self._retire_wake = asyncio.Event()
         self._revoking: set[asyncio.Task[None]] = set()
+        self._inherited: list[HeldLease] = []
+        """Leases an earlier run left in the state folder: revoked once replaced here."""
+        self._held_written: frozenset[str] | None = None
+        """The lease ids `leases.json` lists now (None: not written by this run yet)."""
         self._write_errors: dict[str, str] = {}
         self._states_written: dict[str, str] = {}
         """Each provider's health state as the last status.json said it."""
@@ -152,6 +157,9 @@ class Agent:
             await self._open_providers(self.config.providers)
             self.journal = await Journal.open(self.config)
             await self.ledger.adopt(await self.journal.orphans(), self.config)
+            held_file = self._held_file()
+            if held_file is not None:
+                self._inherited = await asyncio.to_thread(read_held, held_file)
             self._sync_templates()
             log.info(
                 "agent.started",
@@ -296,6 +304,8 @@ class Agent:
             run_actions=False,
         )
         self._learn(result, started)
+        if self._inherited:
+            self._adopt_inherited(started)
         if len(self.ledger):
             self._actions_wake.set()
         if self.retiring:
@@ -499,6 +509,58 @@ class Agent:
         if self.retiring:
             self._retire_wake.set()
 
+    def _adopt_inherited(self, started: float) -> None:
+        """Leases an earlier run (a restart) or a replaced provider instance (a reload) held:
+        once this run holds its own credentials for the secret (the pass that began at
+        `started` fetched them), each waits for its revocation as if just replaced."""
+        now = time.time()
+        current = {
+            entry.value.lease.lease_id
+            for entry in self.cache.entries.values()
+            if entry.value is not None and entry.value.lease is not None
+        }
+        later: list[HeldLease] = []
+        for item in self._inherited:
+            provider = self.providers.get(item.ref.provider)
+            grace = provider.revoke_after() if provider is not None else None
+            if provider is None or grace is None or item.lease.lease_id in current:
+                continue
+            if item.expires <= now:
+                continue  # ended on its own
+            if item.ref not in self.cache.entries:
+                later.append(item)  # not read by this run yet (or no longer used: it ends)
+                continue
+            self.retiring.append(Retiring(item.ref, item.lease, provider, started, grace))
+        self._inherited = later
+        if self.retiring:
+            self._retire_wake.set()
+
+    def _held_file(self) -> Path | None:
+        folder = self.journal.folder
+        return None if folder is None else folder.parent / LEASES_FILE
+
+    async def _persist_leases(self) -> None:
+        """`leases.json` lists what this run holds (and still has to revoke), when that changed."""
+        path = self._held_file()
+        if path is None:
+            return
+        held = [
+            HeldLease(ref, entry.value.lease)
+            for ref, entry in self.cache.entries.items()
+            if entry.value is not None and entry.value.lease is not None
+        ]
+        held += [HeldLease(item.ref, item.lease) for item in self.retiring]
+        held += self._inherited  # not adopted yet: still to be revoked by someone
+        ids = frozenset(item.lease.lease_id for item in held)
+        if ids == self._held_written:
+            return
+        try:
+            await asyncio.to_thread(write_held, path, held)
+        except (OSError, ValueError, WriteError) as exc:
+            log.warning("leases.write_failed", path=str(path), error=str(exc))
+            return
+        self._held_written = ids
+
     def _host_view(self) -> HostView:
         def still_held(item: Retiring) -> bool:
             return (
@@ -568,6 +630,7 @@ class Agent:
             replaced_s_ago=round(time.time() - item.replaced_at, 2),
             grace=item.grace,
         )
+        await self._write_status()  # leases.json: one fewer
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -616,9 +679,15 @@ class Agent:
             self._reject([str(exc)])
             return
         await self._close_providers(changed & set(self.providers))
+        replaced = [
+            HeldLease(ref, entry.value.lease)
+            for ref, entry in self.cache.entries.items()
+            if ref.provider in changed and entry.value is not None and entry.value.lease is not None
+        ]
         for name in changed:
             self.scheduler.forget(self.cache.drop_provider(name))
         self.providers.update(opened)
+        self._inherited += replaced  # the new instances' credentials will replace them
         self.config = new
         self.cache.fetcher.timeout = float(new.defaults.fetch_timeout)
         self.pipeline = Pipeline(new, self.providers, self.pipeline.renderer.for_config(new))
@@ -810,6 +879,7 @@ class Agent:
                 await self._write_one("metrics", textfile, metrics.write_metrics, status)
             if self.ready and not stopped:
                 self.notifier.status(self._summary())
+            await self._persist_leases()
 
 
 def _write_status(path: Path, status: health.AgentStatus) -> None:

@@ -131,6 +131,53 @@ def test_no_grace_configured_means_never_revoked(
     assert [] == vault.seen("sys/leases/revoke")
 
 
+@pytest.mark.parametrize("how", ["sigkill", "reload"])
+def test_restart_or_reload_revokes_what_the_earlier_instance_held(
+    agent: AgentFactory,
+    tmp_path: Path,
+    vault: VaultFake,
+    sighup_counter: SighupCounter,
+    how: str,
+) -> None:
+    """An agent SIGKILLed and started again (or a reload that replaces the Vault provider)
+    reads new credentials; the lease the earlier instance held (listed in the state folder's
+    leases.json, never a credential) is revoked after the new file's SIGHUP plus the grace."""
+    vault.db_roles["app"] = (60.0, 600.0)  # no replacement of its own during the test
+    ws = workspace(tmp_path, vault, f"{int(GRACE * 1000)}ms")
+    out = ws.contents(
+        "out/app.env", "USER={{ secrets.pg.username }}\n", on_change=[hup(sighup_counter)]
+    )
+    ws.write()
+    first = agent(ws.config_path)
+    first.wait_for("agent.ready")
+    sighup_counter.wait_count(1)
+    old = vault.lease_events[0]
+    held = (tmp_path / "state" / "leases.json").read_text()
+    assert old.lease_id in held
+    assert DB_PREFIX not in held
+    if how == "sigkill":
+        first.kill()
+        process = agent(ws.config_path)
+        process.wait_for("agent.ready")
+    else:
+        process = first
+        ws.providers["vault"]["rate_limit"] = 50  # a changed provider: a new instance
+        ws.write_config()
+    end = wait_end(vault, old.lease_id, 10)
+    new = [e for e in vault.lease_events if e.event == "issued"][1]
+    sighup_counter.wait_count(2)
+    hup_at = sighup_counter.times()[-1]
+    assert "revoked" == end.event
+    assert end.at >= hup_at + GRACE
+    assert f"USER={new.username}\n" == out.read_text()
+    process.wait_for("lease.revoked", reference="vault:database/creds/app")
+    deadline = time.monotonic() + 5
+    while old.lease_id in (tmp_path / "state" / "leases.json").read_text():
+        assert time.monotonic() < deadline, "leases.json still lists the revoked lease"
+        time.sleep(0.05)
+    assert 1 == vault.live_leases()
+
+
 # --- one-shot commands that only look ---------------------------------------------------------
 
 
