@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from smagent.held_leases import HeldLease, read_held, write_held
 from smagent.providers.base import Lease
 from smagent.references import SecretRef
 from smagent.retire import HostView, Retiring, next_due, review
@@ -266,3 +267,17 @@ def test_review_gives_up_when_unused_or_expired() -> None:
     view.held, pending = True, [retiring(now, duration=5.0)]
     found = review(pending, view.host(), now + 4.5, 0.0)
     assert "it ended on its own first" == found.dropped[0][1]
+
+
+def test_held_leases_round_trip_and_a_bad_file_is_ignored(tmp_path: Path) -> None:
+    """leases.json reads back as written (mode 0600); an unreadable one gives no leases."""
+    path = tmp_path / "leases.json"
+    held = [HeldLease(REF, Lease("database/creds/app/abc", 60.0, True, obtained_at=1000.0))]
+    write_held(path, held)
+    assert 0o600 == path.stat().st_mode & 0o777
+    assert held == read_held(path)
+    assert [] == read_held(tmp_path / "none.json")
+    path.write_text('{"format": 1, "leases": [{"provider": "vault"}]}')
+    assert [] == read_held(path)
+    path.write_text("not json")
+    assert [] == read_held(path)
