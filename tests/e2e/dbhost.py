@@ -97,6 +97,11 @@ def example_settings() -> dict[str, str]:
     return {k: v for k, v in parser["pgbouncer"].items() if k not in HOST_KEYS}
 
 
+def event_time(event: Mapping[str, object]) -> float:
+    """The agent's own timestamp of one of its log events (ISO, UTC), as time.time()."""
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
 @dataclass(frozen=True, slots=True)
 class LogLine:
     at: float
@@ -204,9 +209,19 @@ class DbHost:
         os.chmod(self.ini, 0o644)
 
     def start_pgbouncer(self, timeout: float = 10) -> int:
-        """Start pgbouncer as `postgres` (in the foreground, its own session); its pid."""
+        """Start pgbouncer as `postgres` (in the foreground, its own session); its pid.
+
+        Without a userlist yet, an empty one is put there first (owned by postgres, as the
+        agent writes it): pgbouncer then starts with no user, and the agent's first pass
+        fills it and reloads pgbouncer (one reload in its log).
+        """
         assert self._proc is None, "pgbouncer already started"
         binary = pgbouncer_bin()
+        if not self.userlist.exists():
+            self.userlist.write_text("")
+            owner = postgres_owner()
+            if owner:
+                shutil.chown(self.userlist, owner["owner"], owner["group"])
         self.write_ini()
         self._proc = subprocess.Popen(
             [*as_postgres(), binary, str(self.ini)],
@@ -370,7 +385,7 @@ def example_config(
             ns["refresh"] = refresh
     entries = []
     for entry in config["templates"]:
-        if entry["name"] not in templates:
+        if entry.get("name") not in templates:
             continue
         entry = dict(entry)
         entry["source"] = str(EXAMPLE / entry["source"])
@@ -385,7 +400,7 @@ def example_config(
             for action in entry.get("on_change", [])
         ]
         entries.append(entry)
-    missing = set(templates) - {entry["name"] for entry in entries}
+    missing = set(templates) - {entry.get("name") for entry in entries}
     assert not missing, f"no template named {sorted(missing)} in the example"
     return {
         "providers": kept_providers,

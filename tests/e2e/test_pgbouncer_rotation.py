@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests import leaks
 from tests.agent_config import AWS_ENV
-from tests.agent_process import AgentFactory, AgentProcess, Event
+from tests.agent_process import AgentFactory, AgentProcess
 from tests.e2e.conftest import unique_roles
-from tests.e2e.dbhost import DbHost, RenameWatch, example_config, postgres_owner, write_config
+from tests.e2e.dbhost import (
+    DbHost,
+    RenameWatch,
+    event_time,
+    example_config,
+    postgres_owner,
+    write_config,
+)
 from tests.e2e.load import LoadLoop
 from tests.e2e.rotation import Rotator
 from tests.fakes.moto_server import REGION, MotoFake
@@ -41,11 +49,6 @@ pgbouncer within about this, and the suite stays short."""
 ROTATIONS = 10
 USERLIST = "pgbouncer-userlist"
 CLIENTS = "app-pg-service"
-
-
-def event_time(event: Event) -> float:
-    """The agent's own timestamp of a log event, as time.time()."""
-    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 def start_host(
@@ -62,12 +65,6 @@ def start_host(
     clients_file = folder / "app" / "pg_service.conf"
     clients_file.parent.mkdir()
     leaks.allow_secrets_in(clients_file)
-    dbhost.userlist.write_text("")
-    owner = postgres_owner()
-    if owner:
-        import shutil
-
-        shutil.chown(dbhost.userlist, owner["owner"], owner["group"])
     dbhost.start_pgbouncer()
     config = example_config(
         dbhost,
@@ -91,12 +88,16 @@ def test_alternating_users_rotate_with_zero_failed_connections(
     new_password: Callable[[], str],
     agent: AgentFactory,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Ten alternating-users rotations under 25 connections/s: no connection fails, and each
     rotation reloads pgbouncer exactly once."""
     rotator = Rotator(secretsmanager, dbhost, new_password)
-    rotator.bootstrap(unique_roles("alt"))
+    users = unique_roles("alt")
+    rotator.bootstrap(users)
     process, _config, clients_file = start_host(dbhost, moto, agent, tmp_path)
+    info = dbhost.userlist.stat()
+    assert (0o640, postgres_uid()) == (info.st_mode & 0o777, info.st_uid)
     rows = []
     with LoadLoop(dbhost.conninfo(), clients_file) as load:
         load.wait_attempts(10)
@@ -104,8 +105,11 @@ def test_alternating_users_rotate_with_zero_failed_connections(
             mark = process.mark()
             rotation = rotator.rotate(alternating=True)
             written = process.wait_for("template.rendered", since=mark, template=CLIENTS)
-            [userlist] = process.events("template.rendered", since=mark, template=USERLIST)
+            userlists = process.events("template.rendered", since=mark, template=USERLIST)
+            assert 1 == len(userlists), "the userlist is written once per rotation"
+            userlist = userlists[0]
             reloads = dbhost.wait_reloads(1 + number)
+            assert sorted(users) == listed_users(dbhost.userlist)
             rows.append(
                 (
                     event_time(userlist) - rotation.put_at,
@@ -117,9 +121,24 @@ def test_alternating_users_rotate_with_zero_failed_connections(
         load.wait_attempts(10)
     time.sleep(0.3)  # a late reload would show in pgbouncer's log by now
     assert 1 + ROTATIONS == len(dbhost.reloads()), "one reload per rotation"
+    # libpq itself reads the rendered service file (the load loop parsed it by hand)
+    monkeypatch.setenv("PGSERVICEFILE", str(clients_file))
+    with psycopg.connect(f"service=app {dbhost.conninfo()}", connect_timeout=5) as conn:
+        row = conn.execute("SELECT current_user").fetchone()
+    assert row is not None
+    assert rotator.stage("AWSCURRENT")["username"] == row[0]
     report("alternating users", load, rows)
     assert [] == load.failures()
     assert 20 <= load.rate_seen()
+
+
+def listed_users(userlist: Path) -> list[str]:
+    """The user names in pgbouncer's auth_file, in file order (the verifiers are not read)."""
+    return [line.split('" "', 1)[0].lstrip('"') for line in userlist.read_text().splitlines()]
+
+
+def postgres_uid() -> int:
+    return pwd.getpwnam("postgres").pw_uid if postgres_owner() else os.geteuid()
 
 
 def report(title: str, load: LoadLoop, rows: Sequence[tuple[float, ...]]) -> None:
@@ -342,3 +361,115 @@ def test_sigkill_right_after_the_userlist_is_written_then_a_restart_still_reload
     assert [] == load.failures()
     assert [] == sorted(p.name for p in pending.iterdir())
     assert landed_before_reload >= 1, "no kill fell between the rename and the SIGHUP"
+
+
+PLAIN_USERLIST = """\
+{%- macro line(e) %}"{{ e.username }}" "{{ e.password | scram_sha256 }}"
+{% endmacro -%}
+{%- set cur = secrets.pg_app -%}{%- set prev = secrets.pg_app_previous -%}
+{%- if cur.username < prev.username %}{{ line(cur) }}{{ line(prev) }}
+{%- else %}{{ line(prev) }}{{ line(cur) }}{% endif -%}
+"""
+"""The userlist without AWSPENDING: the current and the previous user (sorted)."""
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SMAGENT_E2E_SWEEP"), reason="long mode: SMAGENT_E2E_SWEEP=1 (~1 min)"
+)
+@pytest.mark.timeout(600)
+def test_alternating_users_with_a_plain_put_race_the_reload(
+    dbhost: DbHost,
+    moto: MotoFake,
+    secretsmanager: Any,
+    new_password: Callable[[], str],
+    agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """Why the example reads AWSPENDING: with a userlist of AWSCURRENT and AWSPREVIOUS only,
+    and each rotation one put_secret_value, clients that read the new file between its rename
+    and pgbouncer's reload are refused. Counts them over 30 rotations."""
+    rotator = Rotator(secretsmanager, dbhost, new_password)
+    rotator.bootstrap(unique_roles("plain"))
+    clients_file = tmp_path / "app" / "pg_service.conf"
+    clients_file.parent.mkdir()
+    leaks.allow_secrets_in(clients_file)
+    dbhost.start_pgbouncer()
+    config = example_config(
+        dbhost,
+        tmp_path,
+        templates={USERLIST: dbhost.userlist, CLIENTS: clients_file},
+        providers={"aws": {"endpoint_url": moto.endpoint, "region": REGION}},
+        refresh=REFRESH,
+    )
+    userlist = config["templates"][0]  # type: ignore[index]
+    del userlist["source"]
+    userlist["contents"] = PLAIN_USERLIST
+    del config["namespaces"]["pg_app_pending"]  # type: ignore[attr-defined]
+    process = agent(write_config(tmp_path, config), env=AWS_ENV)
+    process.wait_for("agent.ready", timeout=30)
+    dbhost.wait_reloads(1)
+    gaps: list[float] = []
+    with LoadLoop(dbhost.conninfo(), clients_file) as load:
+        load.wait_attempts(10)
+        for _ in range(30):
+            mark = process.mark()
+            user = rotator.stage("AWSPREVIOUS")["username"]
+            password = new_password()
+            dbhost.set_password(user, password)
+            secretsmanager.put_secret_value(
+                SecretId=rotator.secret_id,
+                SecretString=json.dumps({"username": user, "password": password}),
+            )
+            written = process.wait_for("template.rendered", since=mark, template=CLIENTS)
+            gaps.append(dbhost.wait_reloads(2 + len(gaps))[-1] - event_time(written))
+            load.wait_attempts(8)
+    print(f"\nplain put (AWSCURRENT + AWSPREVIOUS only), 30 rotations: {load.summary()}")
+    print(
+        "  clients' file written -> pgbouncer reloaded: "
+        f"median {statistics.median(gaps) * 1000:.1f} ms, max {max(gaps) * 1000:.1f} ms"
+    )
+    for failure in load.failures():
+        print(f"  {failure.user}: {failure.error.split('FATAL:')[-1].strip()}")
+
+
+def test_sigkill_mid_single_user_rotation_fails_connections_only_until_the_restart_reloads(
+    dbhost: DbHost,
+    moto: MotoFake,
+    secretsmanager: Any,
+    new_password: Callable[[], str],
+    agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """A single user: the agent SIGKILLed the moment the new clients' file lands (userlist
+    written too, SIGHUP not sent), restarted at once: connections fail only until the
+    restarted agent's reload (plus pgbouncer's server_login_retry)."""
+    rotator = Rotator(secretsmanager, dbhost, new_password)
+    rotator.bootstrap(unique_roles("crash1", 1))
+    process, config, clients_file = start_host(dbhost, moto, agent, tmp_path)
+    victim = process.pid
+    with LoadLoop(dbhost.conninfo(), clients_file) as load:
+        load.wait_attempts(10)
+        with RenameWatch(
+            clients_file.parent, clients_file.name, lambda: os.kill(victim, signal.SIGKILL)
+        ) as watch:
+            rotation = rotator.rotate(alternating=False)
+            killed_at = watch.wait(10)
+        assert -signal.SIGKILL == process.wait(5)
+        process.kill()
+        unreloaded = 1 == len(dbhost.reloads())
+        restart_at = time.time()
+        process = agent(config, env=AWS_ENV)
+        process.wait_for("agent.ready", timeout=30)
+        reload_at = dbhost.wait_reloads(2)[-1]
+        time.sleep(float(dbhost.settings["server_login_retry"]) + 1)
+        load.wait_attempts(10)
+    failed, window = load.failure_window()
+    print(
+        f"\ncrash mid single-user rotation: {load.summary()}; finish->SIGKILL "
+        f"{(killed_at - rotation.finish_at) * 1000:.0f} ms, restart->reload "
+        f"{(reload_at - restart_at) * 1000:.0f} ms; {failed} failed over {window * 1000:.0f} ms"
+        f"{'' if unreloaded else ' (the kill came after the SIGHUP)'}"
+    )
+    retry = float(dbhost.settings["server_login_retry"])
+    late = [a for a in load.failures() if a.start > reload_at + retry + 0.5]
+    assert [] == late
