@@ -152,3 +152,16 @@ def test_arcion_connection_yaml_keeps_its_types(rendered: dict[str, Path]) -> No
     assert untouched == {k: loaded[k] for k in untouched}
     assert isinstance(loaded["slave-server-ids"], list)
     assert "arcion-sm://" not in conn.read_text()
+
+
+def test_the_vault_variant_config_checks(tmp_path: Path) -> None:
+    """`smagent check` accepts smagent-vault.yaml as copied (its application group swapped for
+    one this host has): the dynamic credentials and the auth_user's secret are what it reads."""
+    folder = tmp_path / "etc-smagent"
+    shutil.copytree(EXAMPLE, folder)
+    config = folder / "smagent-vault.yaml"
+    config.write_text(config.read_text().replace("group: app\n", "group: root\n"))
+    run = run_cli("--config", config, "check")
+    assert 0 == run.returncode, run.stderr
+    assert "vault:database/creds/app key password" in run.stdout, run.stdout
+    assert "vault:secret/data/pgbouncer/auth_user key password" in run.stdout, run.stdout
