@@ -259,12 +259,14 @@ class Agent:
         await self.ledger.run(self.ledger.due(time.monotonic()))
         self.ledger.release()  # what is still owed stays on disk for the next start
         await asyncio.gather(*self._revoking, return_exceptions=True)
-        for item in self.retiring:  # the files may still hold them: they end on their own
+        listed = self._held_file() is not None
+        for item in self.retiring:  # not revoked now: a client may be in its grace
             log.info(
-                "lease.left_to_expire",
+                "lease.revoke_postponed" if listed else "lease.left_to_expire",
                 provider=item.ref.provider,
                 reference=str(item.ref),
                 reason="the agent stopped before its grace ended",
+                then="the next start revokes it" if listed else "it ends on its own",
             )
         if self.watcher is not None:
             await self.watcher.close()
