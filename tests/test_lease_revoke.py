@@ -28,8 +28,8 @@ from tests.sighup_counter import SighupCounter
 
 TOKEN = leaks.plant("hvs.canary-revoke-token-Jd4", "REVOKE_TOKEN")
 DB_PREFIX = leaks.plant("canary-revoke-dbpw-Mx8", "REVOKE_DB_PASSWORD")
-TTL = 3.0
-GRACE = 0.5
+TTL = 4.0
+GRACE = 0.4
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def vault() -> Iterator[VaultFake]:
     fake.add_token(TOKEN)
     fake.password_prefix = DB_PREFIX + "-"
     fake.db_roles["app"] = (TTL, 60.0)
-    fake.renew_refused = True  # each lease is replaced at 2/3 of its TTL: 1 s of it left
+    fake.renew_refused = True  # each lease is replaced at 2/3 of its TTL: 1.3 s of it left
     with running(fake):
         yield fake
 

@@ -40,8 +40,8 @@ from tests.fakes.vault_postgres import PostgresEngine
 pytestmark = pytest.mark.postgres
 
 TTL = 4.0
-MAX_TTL = 6.0
-"""Renewed once at ~2.7 s (the grant is capped at max_ttl), replaced at ~4.7 s with ~1.3 s
+MAX_TTL = 6.5
+"""Renewed once at ~2.7 s (the grant is capped at max_ttl), replaced at ~4.7 s with ~1.8 s
 of the old lease left: a new role every ~4.7 s."""
 GRACE = 0.5
 """`revoke_replaced_after` in this test (the example says 30s)."""
@@ -169,7 +169,7 @@ def test_dynamic_credentials_rotate_with_zero_failed_connections(
     agent: AgentFactory,
     tmp_path: Path,
 ) -> None:
-    """Five lease replacements (TTL 4 s, max_ttl 6 s) under 25 connections/s: no connection
+    """Five lease replacements (TTL 4 s, max_ttl 6.5 s) under 25 connections/s: no connection
     fails; each replaced lease is revoked by the agent after pgbouncer's reload plus the
     grace; the Vault roles in PostgreSQL never outnumber the leases, and are at most two
     (the live one and the one in hand-over)."""
