@@ -120,7 +120,7 @@ def test_mycnf_client_section_reads_back_through_my_print_defaults(
 
 def test_mycnf_read_by_the_mariadb_client_itself(rendered: dict[str, Path]) -> None:
     """`mariadb --print-defaults` (the client's own start-up) takes the same four options."""
-    tool = _tool("mariadb", "mariadb-client")
+    tool = _tool("mariadb", "mariadb-client-core")
     result = subprocess.run(
         [tool, f"--defaults-file={rendered['mysql-client']}", "--print-defaults"],
         capture_output=True,
