@@ -3,15 +3,17 @@
 How to use it (fixtures in tests/e2e/conftest.py; a whole test: test_pgbouncer_rotation.py,
 whose `start_host` starts pgbouncer and the agent on the example's config):
 
-    def test_something(dbhost: DbHost, agent: AgentFactory) -> None:
-        dbhost.create_role("app_a", password)   # a LOGIN role in the session's PostgreSQL
-        # ... the agent renders the userlist into `dbhost.userlist` (owner postgres, 0640)
-        #     and signals `dbhost.pidfile` (`{signal: HUP, pidfile: ...}`)
-        dbhost.start_pgbouncer()                # once the userlist exists
+    def test_something(dbhost: DbHost, agent: AgentFactory, new_password) -> None:
+        dbhost.create_role("app_a", new_password())   # a LOGIN role in the session's server
+        dbhost.start_pgbouncer()      # with an empty userlist: no user may log in yet
+        config = example_config(dbhost, tmp_path, templates={...}, providers={...})
+        process = agent(write_config(tmp_path, config), env=...)
+        # the agent renders the userlist into `dbhost.userlist` (owner postgres, 0640)
+        # and signals `dbhost.pidfile` (`{signal: HUP, pidfile: ...}`)
+        dbhost.wait_reloads(1)        # pgbouncer's own log: when it re-read its files
         with LoadLoop(dbhost.conninfo(), clients_file) as load:   # tests/e2e/load.py
-            ...                                 # rotate, kill, ...
+            ...                       # rotate (tests/e2e/rotation.py), kill (RenameKill), ...
         assert [] == load.failures()
-        dbhost.reloads()                        # when pgbouncer re-read its config (its own log)
 
 The PostgreSQL server is tests/postgres.py's (one per session, SCRAM over
 TCP). pgbouncer is one per test, started as the `postgres` account (it
@@ -41,9 +43,10 @@ import pwd
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -419,68 +422,51 @@ def write_config(folder: Path, config: Mapping[str, object]) -> Path:
     return path
 
 
-# --- watching for a file to be renamed into place ----------------------------------------------
+# --- killing a process the moment a file is renamed into place ---------------------------------
 
 
-class RenameWatch:
-    """inotify on a folder: calls `then()` the moment a file named `name` is renamed into it.
+class RenameKill:
+    """SIGKILL `pid` the moment a file named `name` is renamed into `folder`.
 
-    The reaction must come before the agent's next system calls (its folder fsync, then the
-    SIGHUP), so this is raw inotify read in a thread that does nothing else (watchfiles
-    batches events over milliseconds). Used as a context manager around the step that
-    makes the agent write the file; `fired` is time.time() of the reaction, 0 if none.
+    The kill must come before the agent's next system calls (a folder fsync, then the
+    SIGHUP), so it is done by a process of its own (tests/e2e/rename_kill.py: raw
+    inotify, blocked in read, no GIL shared with the test's load threads). A context
+    manager around the step that makes the agent write the file; `wait()` says when the
+    kill was sent (time.time()).
     """
 
-    IN_MOVED_TO = 0x80
-    IN_CLOSE_WRITE = 0x08
+    def __init__(self, folder: Path, name: str, pid: int) -> None:
+        self._args = [str(folder), name, str(pid)]
+        self._proc: subprocess.Popen[str] | None = None
 
-    def __init__(self, folder: Path, name: str, then: Callable[[], object]) -> None:
-        import ctypes
-        import threading
-
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._fd = self._libc.inotify_init1(os.O_CLOEXEC)
-        assert self._fd >= 0, f"inotify_init1: errno {ctypes.get_errno()}"
-        mask = self.IN_MOVED_TO | self.IN_CLOSE_WRITE
-        if self._libc.inotify_add_watch(self._fd, bytes(folder), mask) < 0:
-            os.close(self._fd)
-            raise AssertionError(f"inotify_add_watch: errno {ctypes.get_errno()}")
-        self.name = name.encode()
-        self.then = then
-        self.fired = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="rename-watch", daemon=True)
-
-    def __enter__(self) -> RenameWatch:
-        self._thread.start()
+    def __enter__(self) -> RenameKill:
+        script = Path(__file__).with_name("rename_kill.py")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(script), *self._args],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        assert "ready" == self._proc.stdout.readline().strip(), "the watcher did not start"
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        os.close(self._fd)
-
     def wait(self, timeout: float) -> float:
-        """Wait until it fired; when."""
-        self._thread.join(timeout)
-        assert self.fired, f"{self.name.decode()} was not renamed into place within {timeout}s"
-        return self.fired
+        assert self._proc is not None
+        assert self._proc.stdout is not None
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+            raise AssertionError(
+                f"{self._args[1]} was not renamed into place within {timeout}s"
+            ) from None
+        return float(self._proc.stdout.read().strip())
 
-    def _watch(self) -> None:
-        import select
-        import struct
-
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._fd], [], [], 0.05)
-            if not ready:
-                continue
-            data = os.read(self._fd, 65536)
-            offset = 0
-            while offset < len(data):
-                _wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
-                name = data[offset + 16 : offset + 16 + length].rstrip(b"\0")
-                offset += 16 + length
-                if mask & self.IN_MOVED_TO and name == self.name:
-                    self.then()
-                    self.fired = time.time()
-                    return
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()

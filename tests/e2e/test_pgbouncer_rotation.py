@@ -31,7 +31,7 @@ from tests.agent_process import AgentFactory, AgentProcess
 from tests.e2e.conftest import unique_roles
 from tests.e2e.dbhost import (
     DbHost,
-    RenameWatch,
+    RenameKill,
     event_time,
     example_config,
     postgres_owner,
@@ -98,6 +98,7 @@ def test_alternating_users_rotate_with_zero_failed_connections(
     process, _config, clients_file = start_host(dbhost, moto, agent, tmp_path)
     info = dbhost.userlist.stat()
     assert (0o640, postgres_uid()) == (info.st_mode & 0o777, info.st_uid)
+    inodes = [info.st_ino]
     rows = []
     with LoadLoop(dbhost.conninfo(), clients_file) as load:
         load.wait_attempts(10)
@@ -110,6 +111,11 @@ def test_alternating_users_rotate_with_zero_failed_connections(
             userlist = userlists[0]
             reloads = dbhost.wait_reloads(1 + number)
             assert sorted(users) == listed_users(dbhost.userlist)
+            # pgbouncer re-reads its auth_file only when its stat changed: verifiers have a
+            # fixed length and rotations come within a second, so only a new inode is sure
+            # (a file renamed in always has one: it exists beside the file it replaces)
+            inodes.append(dbhost.userlist.stat().st_ino)
+            assert inodes[-2] != inodes[-1], "the userlist was rewritten in place"
             rows.append(
                 (
                     event_time(userlist) - rotation.put_at,
@@ -226,7 +232,7 @@ def test_single_user_rotation_fails_connections_only_in_a_short_window(
     tmp_path: Path,
 ) -> None:
     """A single user rotated under 25 connections/s with the example's settings: with a quiet
-    pool at most a connection or two fail, at the reload; when the pool needs a new server
+    pool only connections in flight at the reload may fail; when the pool needs a new server
     connection between setSecret and the reload, failures stop within about a second of it."""
     churn = [False] * SINGLE_ROTATIONS + [True] * SINGLE_ROTATIONS
     load, windows = single_user_windows(
@@ -246,7 +252,7 @@ def test_single_user_rotation_fails_connections_only_in_a_short_window(
         if ended:
             assert window.seconds <= window.set_to_reload + retry + 1.0, window
         else:
-            assert window.failed <= 2, window
+            assert window.failed <= 3, window
 
 
 SWEEP = [
@@ -315,12 +321,7 @@ def test_sigkill_right_after_the_userlist_is_written_then_a_restart_still_reload
         load.wait_attempts(10)
         for _ in range(CRASHES):
             reloads_before = len(dbhost.reloads())
-            victim = process.pid
-
-            def kill(victim: int = victim) -> None:
-                os.kill(victim, signal.SIGKILL)
-
-            with RenameWatch(dbhost.folder, dbhost.userlist.name, kill) as watch:
+            with RenameKill(dbhost.folder, dbhost.userlist.name, process.pid) as watch:
                 user = rotator.stage("AWSPREVIOUS")["username"]
                 password = new_password()
                 dbhost.set_password(user, password)
@@ -446,21 +447,18 @@ def test_sigkill_mid_single_user_rotation_fails_connections_only_until_the_resta
     rotator = Rotator(secretsmanager, dbhost, new_password)
     rotator.bootstrap(unique_roles("crash1", 1))
     process, config, clients_file = start_host(dbhost, moto, agent, tmp_path)
-    victim = process.pid
     with LoadLoop(dbhost.conninfo(), clients_file) as load:
         load.wait_attempts(10)
-        with RenameWatch(
-            clients_file.parent, clients_file.name, lambda: os.kill(victim, signal.SIGKILL)
-        ) as watch:
+        with RenameKill(clients_file.parent, clients_file.name, process.pid) as watch:
             rotation = rotator.rotate(alternating=False)
             killed_at = watch.wait(10)
         assert -signal.SIGKILL == process.wait(5)
         process.kill()
-        unreloaded = 1 == len(dbhost.reloads())
-        restart_at = time.time()
+        restart_at = time.time()  # at once, as a supervisor with no delay would
         process = agent(config, env=AWS_ENV)
         process.wait_for("agent.ready", timeout=30)
-        reload_at = dbhost.wait_reloads(2)[-1]
+        reload_at = dbhost.wait_reloads(2, timeout=10)[1]
+        unreloaded = reload_at > killed_at  # pgbouncer's log: to the millisecond
         time.sleep(float(dbhost.settings["server_login_retry"]) + 1)
         load.wait_attempts(10)
     failed, window = load.failure_window()
