@@ -383,27 +383,45 @@ async def _with_providers(config: Config, command: Any, *args: Any) -> Any:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
     import time
+    from pathlib import Path
 
     from smagent import health, status_report
+    from smagent.config import ConfigError, configured_state_dir, find_config_path
     from smagent.logging import REDACTOR
-    from smagent.state import STATUS_FILE, state_dir_for
+    from smagent.state import STATUS_FILE, state_dir_from
 
-    config = _load(args)
-    path = state_dir_for(config) / STATUS_FILE
+    config_path = find_config_path(args.config)
+    config: Config | None
+    problems: str | None
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        # the running agent rejected this edit and kept its last good config: show its
+        # state, and the config's problems, rather than stopping at them
+        config, problems = None, str(exc)
+        _error(f"{exc}\n(the config on disk is invalid; a running agent keeps its last good one)")
+        state_dir = state_dir_from(configured_state_dir(config_path))
+    else:
+        problems, state_dir = None, state_dir_from(config.state_dir)
+    path = state_dir / STATUS_FILE
     try:
         status = health.read_status(path)
     except health.StatusUnreadable as exc:
         raise UsageError(str(exc)) from None
     if status is not None:  # the agent scrubbed its messages; scrub again with what we know
-        status_report.register_local_values(config)
+        if config is not None:
+            status_report.register_local_values(config)
         status = health.scrubbed(status, REDACTOR.scrub)
     now = time.time()
     verdict = status_report.judge(status, path, now)
+    if problems is not None:
+        verdict = status_report.with_config_problems(verdict, problems)
     if args.json:
         machine = status_report.json_report(status, verdict, path, now)
         _out(json.dumps(machine, indent=2, ensure_ascii=False), scrub=False)
     else:
-        for line in status_report.text_report(status, verdict, now, config.path):
+        shown = Path(os.path.abspath(config_path))
+        for line in status_report.text_report(status, verdict, now, shown):
             _out(line, scrub=False)  # messages scrubbed above; names are config text
     return verdict.exit_code
 

@@ -446,6 +446,24 @@ def load_config(path: Path, flags: SecretManagerFlags | None = None) -> Config:
     return _Builder(path, raw, flags).build()
 
 
+def configured_state_dir(path: Path) -> Path | None:
+    """The `state_dir` of a config that fails validation, if that one key still reads.
+
+    `smagent status` must find the running agent's state even when the config on disk was
+    edited into something invalid: the agent rejected that edit and kept its last good
+    config, and the operator asking "is it fine?" needs both facts, not only the error.
+    None when the key is absent or unreadable (the caller then uses the default folder)."""
+    try:
+        raw = _parse_yaml(path, _read_config(Path(os.path.abspath(path)))[0])
+    except ConfigError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    builder = _Builder(Path(os.path.abspath(path)), raw)
+    state_dir = builder.agent_paths()[0]
+    return None if builder.issues else state_dir
+
+
 def _read_config(path: Path) -> tuple[str, os.stat_result]:
     """The text of the config file: a regular file of at most MAX_CONFIG_BYTES, UTF-8."""
 

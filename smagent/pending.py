@@ -119,8 +119,13 @@ class Record:
 class Journal:
     """The `pending/` folder of one config's state folder; disabled when unusable."""
 
-    def __init__(self, folder: Path | None, config_path: Path) -> None:
+    def __init__(
+        self, folder: Path | None, config_path: Path, unusable: Path | None = None
+    ) -> None:
         self.folder = folder
+        self._unusable = unusable
+        """The state folder that could not be used at open: tried again whenever actions
+        are owed, so a folder fixed while the agent runs is used from then on."""
         self.config = os.path.realpath(config_path)
         """The config's identity in records: one file however it is named (a symlinked
         /etc/smagent, a relative --config), so no spelling leaves a record behind."""
@@ -140,7 +145,7 @@ class Journal:
                 hint="actions owed when the process dies before running them will not be "
                 "run at the next start; set state_dir to a folder this user owns",
             )
-            return cls(None, config.path)
+            return cls(None, config.path, unusable=state_dir)
         return cls(folder, config.path)
 
     @property
@@ -149,8 +154,9 @@ class Journal:
 
     async def record(self, actions: Sequence[Action], templates: Sequence[str]) -> Record | None:
         """Write (fsynced, locked) what `actions` owe, before the files are replaced."""
-        if self.folder is None or not actions:
+        if not actions or (self.folder is None and not await self._retry_open()):
             return None
+        assert self.folder is not None
         record = Record(
             self.folder / f"{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}.json",
             -1,
@@ -177,6 +183,18 @@ class Journal:
             self._failing = False
             log.info("state_dir.recovered", path=str(self.folder.parent))
         return record
+
+    async def _retry_open(self) -> bool:
+        """Whether the folder refused at open can be used now (told once when it can)."""
+        if self._unusable is None:
+            return False
+        try:
+            self.folder = await asyncio.to_thread(_ensure_pending, self._unusable)
+        except StateDirError:
+            return False  # told at open; the same refusal again is no news
+        log.info("state_dir.recovered", path=str(self._unusable))
+        self._unusable = None
+        return True
 
     async def orphans(self) -> list[Record]:
         """Claim the records of dead processes for this config (locked: now ours)."""

@@ -248,6 +248,7 @@ class Pipeline:
                 if outcome.missing:
                     still.append(index)
                     missing |= outcome.missing
+                    resolver.conceal(outcome.computed)
             if not still or round_number == MAX_ROUNDS:
                 break
             await resolver.resolve(missing)

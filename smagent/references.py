@@ -17,6 +17,7 @@ Every form a user can write resolves here, against the configured namespaces:
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -93,6 +94,15 @@ class Namespace:
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
 _PROVIDER_FORM = re.compile(rf"^(?P<provider>{_NAME}):(?P<id>.+)$", re.DOTALL)
 _NS_FORM = re.compile(rf"^(?P<ns>{_NAME})(?:/(?P<key>.*))?$", re.DOTALL)
+
+
+def spellings(text: str) -> frozenset[str]:
+    """The ways a store or a log line may spell a name it was given: as is, case-folded
+    (Key Vault names are case-insensitive, so the provider lowercases them), quoted by
+    `repr`, and URL-encoded (a request path in an error)."""
+    return frozenset(
+        (text, text.lower(), text.upper(), repr(text)[1:-1], urllib.parse.quote(text, safe=""))
+    )
 
 
 def split_key(key: str | None) -> tuple[str, ...]:

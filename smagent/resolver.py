@@ -46,7 +46,7 @@ from smagent.providers.base import (
     Unchanged,
 )
 from smagent.providers.retry import DEADLINE, Health
-from smagent.references import SecretRef
+from smagent.references import SecretRef, spellings
 from smagent.values import value_problem
 
 log = get_logger()
@@ -202,6 +202,14 @@ class Resolver:
         self._deadline: float | None = None
         self.requests = 0
         """How many references were sent to providers (a ref is never sent twice a pass)."""
+
+    def conceal(self, names: Iterable[str]) -> None:
+        """Names a template computed (maybe from a secret) are registered with the redactor,
+        in each spelling a store may give them back, before any provider is given them: the
+        provider's logs and errors quote them in their own way (Key Vault lowercases)."""
+        for name in names:
+            for spelling in spellings(name):
+                self.fetcher.redactor.add(spelling)
 
     async def resolve(self, refs: Iterable[SecretRef]) -> Mapping[SecretRef, FetchResult]:
         """Fetch what is not known yet; return the results for `refs`."""

@@ -33,8 +33,13 @@ class StateDirError(Exception):
 
 def state_dir_for(config: Config) -> Path:
     """The state folder this config's agent and one-shot runs use (not created here)."""
-    if config.state_dir is not None:
-        return config.state_dir
+    return state_dir_from(config.state_dir)
+
+
+def state_dir_from(configured: Path | None) -> Path:
+    """`state_dir` as configured, else the folder chosen for this process (see the module)."""
+    if configured is not None:
+        return configured
     from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     if from_systemd:
         return Path(from_systemd)

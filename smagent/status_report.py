@@ -68,6 +68,15 @@ def judge(status: AgentStatus | None, path: Path, now: float) -> Verdict:
     return Verdict(EXIT_OK, "ok", f"all {count} template{_s(count)} current", ())
 
 
+def with_config_problems(verdict: Verdict, problems: str) -> Verdict:
+    """`verdict`, also saying that the config on disk fails validation: never better than
+    attention (the next restart of the agent would refuse to start)."""
+    problem = f"the config on disk is invalid: {one_line(problems)}"
+    if verdict.exit_code == EXIT_OK:
+        return Verdict(EXIT_ATTENTION, "attention", problem, (problem,))
+    return Verdict(verdict.exit_code, verdict.state, verdict.headline, (*verdict.problems, problem))
+
+
 def _why_not_running(status: AgentStatus, now: float) -> str | None:
     if status.stopped_at is not None:
         return f"stopped at {_when(status.stopped_at)} ({age(now - status.stopped_at)} ago)"

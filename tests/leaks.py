@@ -152,7 +152,13 @@ def find_leaks(text: str | bytes, where: str) -> list[Leak]:
     haystack = text.lower()
     same_length = len(haystack) == len(text)  # false only for a few exotic letters
     leaks: dict[tuple[str, str], Leak] = {}
-    for needle, name, transform, form in _needles():
+    needles = _needles()
+    if len(haystack) > 1_000_000:
+        # a needle with a character the text lacks cannot be in it: one pass over a big
+        # file instead of one per needle (hundreds are planted by the end of a session)
+        present = set(haystack)
+        needles = [needle for needle in needles if present.issuperset(needle[0])]
+    for needle, name, transform, form in needles:
         start = haystack.find(needle)
         if start >= 0 and (name, transform) not in leaks:
             seen = text[start : start + len(needle)] if same_length else form

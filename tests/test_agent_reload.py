@@ -274,7 +274,8 @@ def test_a_config_edit_moves_a_namespace_to_another_secret(
 def test_an_invalid_config_keeps_the_old_one_running_until_fixed(
     agent: AgentFactory, tmp_path: Path, sighup_counter: SighupCounter
 ) -> None:
-    """An invalid config, saved or on SIGHUP, is reported (log, status.json, `smagent status`);
+    """An invalid config, saved or on SIGHUP, is reported (log, status.json, `smagent status`,
+    which still finds the agent);
     the old config keeps rotating secrets and signalling; the fixed config is taken."""
     ws = workspace(tmp_path)
     out = ws.template("a.txt.j2", "a={{ secrets.db.password }}\n", on_change=[hup(sighup_counter)])
@@ -291,6 +292,14 @@ def test_an_invalid_config_keeps_the_old_one_running_until_fixed(
     status = wait_status(ws, lambda s: s.config_error is not None)
     assert status.config_error is not None
     assert "defaults.refresh" in status.config_error
+    # `smagent status` reads the invalid file too: it still finds the agent (through the
+    # state_dir that still reads) and says both what runs and what is wrong on disk
+    run = run_cli("--config", ws.config_path, "status")
+    assert 1 == run.returncode, run.stderr
+    assert "smagent: ATTENTION:" in run.stdout
+    assert f"pid {proc.pid}" in run.stdout
+    assert "RELOAD REJECTED" in run.stdout
+    assert "defaults.refresh" in run.stderr
     mark = proc.mark()
     proc.send(signal.SIGHUP)
     proc.wait_for("agent.reload_requested", cause="SIGHUP")

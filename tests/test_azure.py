@@ -763,3 +763,25 @@ async def test_a_malformed_answer_holding_a_value_never_shows_it(
     assert str(ref("db-pass")) in str(result)
     leaks.assert_no_leak(repr(result), "the provider's answer")
     leaks.assert_no_leak(str(result), "the provider's answer")
+
+
+NAME_CANARY = leaks.plant("Canary-Name-Qz81", "NAME_CANARY")
+
+
+def test_a_name_computed_from_a_secret_never_shows_in_the_vaults_spelling(
+    ws: Workspace, vault: KeyVaultFake, secret_file: Path
+) -> None:
+    """A Key Vault name computed from another secret is lowercased by the provider, which
+    logs its retries with it, and quoted by the vault's answer: no spelling of it reaches
+    the log (exit 1, reference masked)."""
+    azure_workspace(ws, vault, secret_file)
+    vault.fail_next(429, "Throttled", count=2, retry_after="0.05")
+    ws.secrets["names"] = {"db": NAME_CANARY}
+    ws.namespaces["names"] = {"provider": "local", "secret": "names"}
+    ws.template("app.conf.j2", "{{ secrets.kv[secrets.names.db] }}\n")
+    run = ws.run("--log-level", "debug", "render", "--once")
+    assert 1 == run.returncode
+    events = run.logs()
+    (failure,) = [e for e in events if e["event"] == "reference.failed"]
+    assert "kv:<computed>" == failure["reference"]
+    assert 2 == len([e for e in events if e["event"] == "provider.retry"])

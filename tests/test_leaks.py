@@ -91,6 +91,15 @@ def test_ordinary_text_is_not_a_leak() -> None:
     assert [] == leaks.find_leaks(text, "a log line")
 
 
+def test_a_canary_deep_in_a_big_text_is_found_in_every_form() -> None:
+    """Past 1 MB the search skips needles by their letters; a planted form is still found."""
+    filler = "o" * 3_000_000
+    for shown in (CANARY, CANARY.upper(), CANARY[::-1]):
+        found = leaks.find_leaks(f"{filler}{shown}{filler}", "a big file")
+        assert ["CANARY"] == sorted({leak.canary for leak in found}), shown
+    assert [] == leaks.find_leaks(filler, "a big file")
+
+
 def test_files_are_checked_except_the_allowed_ones(tmp_path: Path) -> None:
     """A file holding a canary is a leak unless allowed; FIFOs and symlinks are never opened."""
     (tmp_path / "out").mkdir()

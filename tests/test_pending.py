@@ -351,6 +351,25 @@ async def test_a_state_dir_not_ours_alone_is_refused_once(tmp_path: Path, proble
     assert str(state) in warning["error"]
 
 
+async def test_a_state_dir_refused_at_start_is_used_once_fixed(tmp_path: Path) -> None:
+    """A state folder unusable when the journal opened (a file in its place) is tried again
+    when actions are owed: once fixed, records are written again, told by one
+    `state_dir.recovered` (a long-running agent is not left without its journal)."""
+    state = tmp_path / "state"
+    state.write_text("")
+    config = make_config(tmp_path, [[{"command": ["true"]}]], state)
+    with structlog.testing.capture_logs() as events:
+        journal = await Journal.open(config)
+        assert None is await journal.record(actions_of(config), ["t0"])
+        state.unlink()
+        record = await journal.record(actions_of(config), ["t0"])
+    assert record is not None
+    assert journal.enabled
+    assert [record.path] == sorted((state / "pending").iterdir())
+    assert ["state_dir.unavailable", "state_dir.recovered"] == [e["event"] for e in events]
+    record.release()
+
+
 # --- the ledger ----------------------------------------------------------------------------------
 
 

@@ -209,6 +209,27 @@ async def test_a_new_kind_of_failure_is_a_new_state() -> None:
     assert ["provider.throttled", "provider.unavailable", "provider.recovered"] == events
 
 
+async def test_a_permanent_answer_after_throttling_is_a_recovery() -> None:
+    """Throttled, then the store answers "not found": it is up again (recovered, state ok);
+    a crash of ours after throttling says nothing of the store (still throttled)."""
+    health = Health("aws-prod")
+
+    with capture_logs() as logs, pytest.raises(NotFound):
+        await retrying(
+            Script([throttled(), NotFound(REF, "gone")]), what="x", health=health, **FAST
+        )
+
+    assert ["provider.throttled", "provider.recovered"] == [
+        e["event"] for e in logs if e["log_level"] != "debug"
+    ]
+    assert "ok" == health.state
+    with pytest.raises(ProviderBug):
+        await retrying(
+            Script([throttled(), ProviderBug(REF, "x")]), what="x", health=health, **FAST
+        )
+    assert "throttled" == health.state
+
+
 def test_attempts_below_one_are_refused() -> None:
     """attempts=0 is a programming error, said at once."""
     with pytest.raises(ValueError, match="attempts must be at least 1"):

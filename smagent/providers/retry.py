@@ -44,7 +44,7 @@ from contextvars import ContextVar
 from typing import TypeVar
 
 from smagent.logging import get_logger
-from smagent.providers.base import ProviderError, Throttled
+from smagent.providers.base import ProviderBug, ProviderError, Throttled
 
 log = get_logger()
 T = TypeVar("T")
@@ -140,6 +140,12 @@ async def retrying(
                 result = await attempt()
             except ProviderError as error:
                 if not error.transient:
+                    if health is not None:
+                        # a store that answers "no such secret" or "denied" is up: a provider
+                        # throttled or down until then has recovered (a crash of ours says not)
+                        up = not isinstance(error, ProviderBug)
+                        health.finished(ok=up, had_failed=failures > 0)
+                        health = None  # told: not again below
                     raise
                 failures += 1
                 if health is not None:

@@ -71,6 +71,17 @@ class RenderContext:
         """`plain`, quoted when shown."""
         return repr(str(text)) if str(text) in self.known else COMPUTED
 
+    def computed_parts(self) -> frozenset[str]:
+        """The parts of the missing references a provider will be given that are not
+        literal text (see `RenderOutcome.computed`)."""
+        parts = (
+            part
+            for ref in self.missing
+            for part in (ref.secret_id, ref.version, ref.stage)
+            if part is not None and part not in self.known
+        )
+        return frozenset(parts)
+
     def label(self, lookup: Lookup) -> str:
         """`str(lookup)` with every part that is not literal text masked."""
         ref = lookup.ref

@@ -52,6 +52,10 @@ class RenderOutcome:
     missing: frozenset[SecretRef] = frozenset()
     output: bytes | None = None
     problems: tuple[Problem, ...] = ()
+    computed: frozenset[str] = frozenset()
+    """The parts of the missing references (id, version, stage) that were computed in the
+    template, so may derive from a secret: the pipeline makes them known to the redactor
+    before any provider is given them (a provider's own words spell them its own way)."""
     labels: Mapping[Lookup, str] = field(default_factory=dict)
     """Each lookup as it may be shown (computed parts masked)."""
     files: frozenset[Path] = frozenset()

@@ -19,7 +19,13 @@ import jinja2
 
 from smagent.config import Config, TemplateSpec
 from smagent.providers.base import FetchResult
-from smagent.references import Lookup, ReferenceSyntaxError, SecretRef, parse_secret_call
+from smagent.references import (
+    Lookup,
+    ReferenceSyntaxError,
+    SecretRef,
+    parse_secret_call,
+    spellings,
+)
 from smagent.render import arcion, sandbox
 from smagent.render.context import RenderContext, SecretsRoot, Words
 from smagent.render.environment import SecretEnvironment
@@ -190,12 +196,14 @@ class Renderer:
                 reference = ctx.label(lookup)
                 detail = error.detail
                 if lookup.ref.secret_id not in ctx.known:  # the store quotes the id it was given
-                    detail = detail.replace(lookup.ref.secret_id, COMPUTED)
+                    for spelling in spellings(lookup.ref.secret_id):
+                        detail = detail.replace(spelling, COMPUTED)
                 message = f"{reference}: {error.kind}: {detail}"
                 problems.append(Problem(message, label, None, reference, error, detail))
             return self._outcome(ctx, problems=tuple(problems))
         if ctx.missing:
-            return self._outcome(ctx, missing=frozenset(ctx.missing))
+            missing = frozenset(ctx.missing)
+            return self._outcome(ctx, missing=missing, computed=ctx.computed_parts())
         assert exc is not None
         file, line = template_position(exc.__traceback__, self.loader)
         file = label if file is None or file in self.loader.inline else self._shown_file(ctx, file)
