@@ -8,7 +8,9 @@
 What outlives a pass lives here: the providers (sessions, tokens and leases
 survive a reload when their config did not change), the secret cache, the
 index of which template uses what, the scheduler, the compiled templates,
-and the ledger of actions owed. A pass (`Pipeline.run`) is the same one
+the ledger of actions owed, and the replaced leases waiting for their
+revocation (smagent/retire.py; listed in state_dir/leases.json for the next
+start). A pass (`Pipeline.run`) is the same one
 `render --once` runs, given the cache's view as its resolver and the ledger.
 
 Everything that waits does so on the loop (no blocking call: config parsing,
