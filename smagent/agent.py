@@ -8,7 +8,9 @@
 What outlives a pass lives here: the providers (sessions, tokens and leases
 survive a reload when their config did not change), the secret cache, the
 index of which template uses what, the scheduler, the compiled templates,
-and the ledger of actions owed. A pass (`Pipeline.run`) is the same one
+the ledger of actions owed, and the replaced leases waiting for their
+revocation (smagent/retire.py; listed in state_dir/leases.json for the next
+start). A pass (`Pipeline.run`) is the same one
 `render --once` runs, given the cache's view as its resolver and the ledger.
 
 Everything that waits does so on the loop (no blocking call: config parsing,
@@ -44,14 +46,16 @@ from smagent.config import (
     TemplateSpec,
     load_config,
 )
+from smagent.held_leases import LEASES_FILE, HeldLease, read_held, write_held
 from smagent.index import Index
 from smagent.logging import REDACTOR, get_logger
 from smagent.notify import Notifier
-from smagent.pending import Journal, Ledger
+from smagent.pending import Journal, Ledger, key_of
 from smagent.pipeline import PassResult, Pipeline, Status
 from smagent.providers import ProviderSetupError, create_provider
-from smagent.providers.base import Provider
+from smagent.providers.base import Provider, ProviderError
 from smagent.references import SecretRef
+from smagent.retire import HostView, Retiring, next_due, review
 from smagent.scheduler import Scheduler
 from smagent.state import STATUS_FILE, StateDirError, ensure_state_dir, state_dir_for
 from smagent.watch import Watcher
@@ -86,6 +90,8 @@ class TemplateState:
     retry_at: float | None = None
     """`time.monotonic()` at which a template whose write failed is rendered again."""
     write_failures: int = 0
+    rendered_pass_started: float | None = None
+    """`time.time()` at which the last pass that rendered it without error began."""
 
 
 class Agent:
@@ -130,6 +136,14 @@ class Agent:
         self._scheduled: set[str] = set()
         """The ledger keys a batch is about to run or running."""
         self._status_lock = asyncio.Lock()
+        self.retiring: list[Retiring] = []
+        """Replaced leases waiting to be revoked (smagent/retire.py)."""
+        self._retire_wake = asyncio.Event()
+        self._revoking: set[asyncio.Task[None]] = set()
+        self._inherited: list[HeldLease] = []
+        """Leases an earlier run left in the state folder: revoked once replaced here."""
+        self._held_written: frozenset[str] | None = None
+        """The lease ids `leases.json` lists now (None: not written by this run yet)."""
         self._write_errors: dict[str, str] = {}
         self._states_written: dict[str, str] = {}
         """Each provider's health state as the last status.json said it."""
@@ -145,6 +159,9 @@ class Agent:
             await self._open_providers(self.config.providers)
             self.journal = await Journal.open(self.config)
             await self.ledger.adopt(await self.journal.orphans(), self.config)
+            held_file = self._held_file()
+            if held_file is not None:
+                self._inherited = await asyncio.to_thread(read_held, held_file)
             self._sync_templates()
             log.info(
                 "agent.started",
@@ -159,6 +176,7 @@ class Agent:
             self._start(self._watch_loop, "watcher")
             self._start(self._refresh_loop, "scheduler")
             self._start(self._actions_loop, "actions")
+            self._start(self._retire_loop, "leases")
             self._start(self._heartbeat_loop, "status")
             await self._first_pass()
             await self._loop()
@@ -242,6 +260,16 @@ class Agent:
         await asyncio.gather(*self._batches, return_exceptions=True)
         await self.ledger.run(self.ledger.due(time.monotonic()))
         self.ledger.release()  # what is still owed stays on disk for the next start
+        await asyncio.gather(*self._revoking, return_exceptions=True)
+        listed = self._held_file() is not None
+        for item in self.retiring:  # not revoked now: a client may be in its grace
+            log.info(
+                "lease.revoke_postponed" if listed else "lease.left_to_expire",
+                provider=item.ref.provider,
+                reference=str(item.ref),
+                reason="the agent stopped before its grace ended",
+                then="the next start revokes it" if listed else "it ends on its own",
+            )
         if self.watcher is not None:
             await self.watcher.close()
         await self._close_providers(list(self.providers))
@@ -280,8 +308,12 @@ class Agent:
             run_actions=False,
         )
         self._learn(result, started)
+        if self._inherited:
+            self._adopt_inherited(started)
         if len(self.ledger):
             self._actions_wake.set()
+        if self.retiring:
+            self._retire_wake.set()
         await self._write_status()
 
     def _learn(self, result: PassResult, started: float) -> None:
@@ -307,6 +339,7 @@ class Agent:
                     state.retry_at = time.monotonic() + delay
             else:
                 state.last_success = now
+                state.rendered_pass_started = started
                 state.failing_since = None
                 state.error = None
                 state.retry_at = None
@@ -394,6 +427,7 @@ class Agent:
             entry = self.cache.entries.get(ref)
             if entry is not None:
                 self.scheduler.plan(ref, entry)
+        self._take_replaced()
         if look.changed:
             self._mark_dirty(self.index.using(look.changed))
         elif self._provider_states() != self._states_written:
@@ -460,7 +494,147 @@ class Agent:
             self._scheduled.difference_update(keys)
             self._batches.discard(asyncio.current_task())
             self._actions_wake.set()  # owed again meanwhile, or a new backoff to sleep for
+            if self.retiring:
+                self._retire_wake.set()
         await self._write_status()
+
+    # --- replaced leases -------------------------------------------------------------------
+
+    def _take_replaced(self) -> None:
+        """Leases a check replaced: each waits for its revocation (smagent/retire.py)."""
+        for replaced in self.cache.take_replaced():
+            provider = self.providers.get(replaced.ref.provider)
+            grace = provider.revoke_after() if provider is not None else None
+            if provider is None or grace is None:
+                continue  # the provider does not revoke: the lease ends on its own
+            self.retiring.append(
+                Retiring(replaced.ref, replaced.lease, provider, replaced.at, grace)
+            )
+        if self.retiring:
+            self._retire_wake.set()
+
+    def _adopt_inherited(self, started: float) -> None:
+        """Leases an earlier run (a restart) or a replaced provider instance (a reload) held:
+        once this run holds its own credentials for the secret (the pass that began at
+        `started` fetched them), each waits for its revocation as if just replaced."""
+        now = time.time()
+        current = {
+            entry.value.lease.lease_id
+            for entry in self.cache.entries.values()
+            if entry.value is not None and entry.value.lease is not None
+        }
+        later: list[HeldLease] = []
+        for item in self._inherited:
+            provider = self.providers.get(item.ref.provider)
+            grace = provider.revoke_after() if provider is not None else None
+            if provider is None or grace is None or item.lease.lease_id in current:
+                continue
+            if item.expires <= now:
+                continue  # ended on its own
+            if item.ref not in self.cache.entries:
+                later.append(item)  # not read by this run yet (or no longer used: it ends)
+                continue
+            self.retiring.append(Retiring(item.ref, item.lease, provider, started, grace))
+        self._inherited = later
+        if self.retiring:
+            self._retire_wake.set()
+
+    def _held_file(self) -> Path | None:
+        folder = self.journal.folder
+        return None if folder is None else folder.parent / LEASES_FILE
+
+    async def _persist_leases(self) -> None:
+        """`leases.json` lists what this run holds (and still has to revoke), when that changed."""
+        path = self._held_file()
+        if path is None:
+            return
+        held = [
+            HeldLease(ref, entry.value.lease)
+            for ref, entry in self.cache.entries.items()
+            if entry.value is not None and entry.value.lease is not None
+        ]
+        held += [HeldLease(item.ref, item.lease) for item in self.retiring]
+        held += self._inherited  # not adopted yet: still to be revoked by someone
+        ids = frozenset(item.lease.lease_id for item in held)
+        if ids == self._held_written:
+            return
+        try:
+            await asyncio.to_thread(write_held, path, held)
+        except (OSError, ValueError, WriteError) as exc:
+            log.warning("leases.write_failed", path=str(path), error=str(exc))
+            return
+        self._held_written = ids
+
+    def _host_view(self) -> HostView:
+        def still_held(item: Retiring) -> bool:
+            return (
+                item.ref in self.cache.entries
+                and self.providers.get(item.ref.provider) is item.provider
+            )
+
+        def rendered_since(name: str) -> float | None:
+            state = self.templates.get(name)
+            return None if state is None else state.rendered_pass_started
+
+        actions = {t.name: {key_of(a) for a in t.on_change} for t in self._managed()}
+
+        def owes_actions(name: str) -> bool:
+            return any(key in self.ledger.owed for key in actions.get(name, ()))
+
+        return HostView(
+            still_held=still_held,
+            using=lambda ref: self.index.using({ref}),
+            rendered_since=rendered_since,
+            owes_actions=owes_actions,
+        )
+
+    async def _retire_loop(self) -> None:
+        """Revoke each replaced lease once its files and actions are done and its grace ran."""
+        while True:
+            self._retire_wake.clear()
+            found = review(self.retiring, self._host_view(), time.time(), time.monotonic())
+            for item, why in found.dropped:
+                log.info(
+                    "lease.left_to_expire",
+                    provider=item.ref.provider,
+                    reference=str(item.ref),
+                    reason=why,
+                )
+            for item in found.due:
+                task = asyncio.create_task(self._revoke(item), name="revoke")
+                self._revoking.add(task)
+                task.add_done_callback(self._revoking.discard)
+            at = next_due(self.retiring)
+            timeout = None if at is None else max(0.0, at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._retire_wake.wait()
+
+    async def _revoke(self, item: Retiring) -> None:
+        ref = item.ref
+        try:
+            await item.provider.revoke(ref, item.lease)
+        except ProviderError as exc:  # it ends on its own at its expiry: told, not retried
+            log.warning(
+                "lease.revoke_failed",
+                provider=ref.provider,
+                reference=str(ref),
+                error=exc.kind,
+                detail=REDACTOR.scrub(exc.detail),
+                ends_by_itself_in=round(max(0.0, item.expires - time.time()), 1),
+            )
+            return
+        except Exception as exc:  # our bug: the same, and the loop goes on
+            log.error("lease.revoke_crashed", provider=ref.provider, error_type=type(exc).__name__)
+            return
+        log.info(
+            "lease.revoked",
+            provider=ref.provider,
+            reference=str(ref),
+            replaced_s_ago=round(time.time() - item.replaced_at, 2),
+            grace=item.grace,
+        )
+        await self._write_status()  # leases.json: one fewer
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -509,9 +683,15 @@ class Agent:
             self._reject([str(exc)])
             return
         await self._close_providers(changed & set(self.providers))
+        replaced = [
+            HeldLease(ref, entry.value.lease)
+            for ref, entry in self.cache.entries.items()
+            if ref.provider in changed and entry.value is not None and entry.value.lease is not None
+        ]
         for name in changed:
             self.scheduler.forget(self.cache.drop_provider(name))
         self.providers.update(opened)
+        self._inherited += replaced  # the new instances' credentials will replace them
         self.config = new
         self.cache.fetcher.timeout = float(new.defaults.fetch_timeout)
         self.pipeline = Pipeline(new, self.providers, self.pipeline.renderer.for_config(new))
@@ -703,6 +883,7 @@ class Agent:
                 await self._write_one("metrics", textfile, metrics.write_metrics, status)
             if self.ready and not stopped:
                 self.notifier.status(self._summary())
+            await self._persist_leases()
 
 
 def _write_status(path: Path, status: health.AgentStatus) -> None:

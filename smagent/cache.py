@@ -31,6 +31,7 @@ import msgspec
 from smagent.logging import REDACTOR, Redactor, get_logger
 from smagent.providers.base import (
     FetchResult,
+    Lease,
     Provider,
     ProviderError,
     RefreshResult,
@@ -95,6 +96,16 @@ class Look:
     looked: frozenset[SecretRef] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """A lease whose credentials a refresh replaced by new ones (for `smagent.retire`)."""
+
+    ref: SecretRef
+    lease: Lease
+    at: float
+    """`time.time()` when the new value took its place."""
+
+
 @dataclass(slots=True)
 class SecretCache:
     fetcher: Fetcher
@@ -108,6 +119,8 @@ class SecretCache:
     """Refs sent to the stores by passes (not by checks), for `pass.finished`."""
     _previous: dict[SecretRef, SecretValue] = field(default_factory=dict)
     """The value before the last rotation, retired from the redactor at the next one."""
+    replaced: list[Replaced] = field(default_factory=list)
+    """Leases replaced by new credentials since the agent last took them (`take_replaced`)."""
 
     @classmethod
     def create(
@@ -273,6 +286,9 @@ class SecretCache:
         entry.value = result
         entry.generation += 1
         entry.fetched_at = now
+        gone = old.lease if old is not None else None
+        if gone is not None and (result.lease is None or result.lease.lease_id != gone.lease_id):
+            self.replaced.append(Replaced(ref, gone, now))
         if old is not None:
             earlier = self._previous.pop(ref, None)
             if earlier is not None:
@@ -319,6 +335,10 @@ class SecretCache:
                 stats.last_error = self.redactor.scrub(f"{result.kind}: {result.detail}")
                 if isinstance(result, Throttled):
                     stats.throttles += 1
+
+    def take_replaced(self) -> list[Replaced]:
+        taken, self.replaced = self.replaced, []
+        return taken
 
     # --- forgetting -----------------------------------------------------------------------------
 

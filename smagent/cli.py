@@ -176,8 +176,17 @@ async def _render(
     from smagent.pending import Journal, Ledger
     from smagent.pipeline import Pipeline
 
-    if dry_run:
-        return await Pipeline(config, providers, one_shot=True).run(templates, dry_run=True)
+    if dry_run:  # the dry run's dynamic credentials are written nowhere: revoked
+        from smagent.resolver import Resolver
+        from smagent.retire import revoke_unused
+
+        resolver = Resolver(providers, float(config.defaults.fetch_timeout))
+        try:
+            return await Pipeline(config, providers, one_shot=True).run(
+                templates, dry_run=True, resolver=resolver
+            )
+        finally:
+            await revoke_unused(providers, resolver.results)
     journal = await Journal.open(config)
     orphans = await journal.orphans()
     ledger = Ledger()
@@ -241,7 +250,12 @@ async def _check(providers: dict[str, Provider], config: Config, connect: bool) 
     pipeline = Pipeline(config, providers, one_shot=True)
     resolver = Resolver(providers if connect else {}, float(config.defaults.fetch_timeout))
     if connect:
-        outcomes = await pipeline.render_all(config.templates, resolver)
+        from smagent.retire import revoke_unused
+
+        try:
+            outcomes = await pipeline.render_all(config.templates, resolver)
+        finally:  # checked, and written nowhere: a dynamic credential is revoked
+            await revoke_unused(providers, resolver.results)
     else:
         outcomes = [pipeline.renderer.render(t, {}) for t in config.templates]
     failed = False
@@ -316,7 +330,13 @@ async def _get(providers: dict[str, Provider], config: Config, lookup: Lookup, r
     from smagent.resolver import Resolver
 
     resolver = Resolver(providers, float(config.defaults.fetch_timeout))
-    result = (await resolver.resolve([lookup.ref]))[lookup.ref]
+    try:
+        result = (await resolver.resolve([lookup.ref]))[lookup.ref]
+    finally:
+        if not reveal:  # masked: nobody will ever use this dynamic credential
+            from smagent.retire import revoke_unused
+
+            await revoke_unused(providers, resolver.results)
     if isinstance(result, ProviderError):
         _error(f"{lookup}: {result.kind}: {result.detail}")
         return EXIT_FAILED

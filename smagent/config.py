@@ -237,6 +237,10 @@ class VaultProviderConfig(_ProviderBase, tag="vault", frozen=True, kw_only=True)
     auth: VaultApproleAuth | VaultTokenAuth
     namespace: Text | None = None
     ca_cert: Text | None = None
+    revoke_replaced_after: Duration | None = Duration(30)
+    """A lease replaced by new credentials is revoked this long after every file that used it
+    was written with the new ones and their actions ran (the grace covers a client that read
+    the old file just before); null: never revoked, it ends at its own expiry."""
 
 
 class FileProviderConfig(_ProviderBase, tag="file", frozen=True, kw_only=True):

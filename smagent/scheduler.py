@@ -39,6 +39,10 @@ JITTER = 0.1
 GROUP_WINDOW = 2.0
 """Seconds ahead within which due secrets are taken with the ones due now (at most a tenth
 of their own refresh)."""
+LEASE_EARLY = 0.1
+"""A lease's renewal is taken early with its neighbours by at most this share of the wait
+before it: a short lease (TTL 3 s: renewal due in 2 s) is not renewed at once by a 2 s window
+(and again, and again: a renewal storm), a long one still joins a batch."""
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 
@@ -57,6 +61,8 @@ class Scheduler:
         """(provider, refresh) -> due time -> how many refs are due then: the looks to join."""
         self._keys: dict[SecretRef, tuple[str, float]] = {}
         """Each due ref's key in `_groups` (its refresh may change in a reload meanwhile)."""
+        self._early: dict[SecretRef, float] = {}
+        """Refs that may be taken early by less than their refresh's window (leases)."""
         self._moved = asyncio.Event()
         """Set when a due time moved earlier than the one being slept for."""
 
@@ -70,6 +76,7 @@ class Scheduler:
         """Set `ref`'s next look from what its entry says; returns the delay in seconds."""
         interval = self.interval_for(ref)
         error = entry.error
+        early: float | None = None
         if error is not None and entry.failures:
             if error.transient:
                 cap = min(interval, MAX_BACKOFF)
@@ -90,6 +97,7 @@ class Scheduler:
                     # a lease keeps its own clock: a check of it is a renewal (a write at
                     # the store), due at 2/3 of its TTL, not at every refresh
                     delay = max(0.0, until)
+                    early = min(GROUP_WINDOW, delay * LEASE_EARLY)
                 elif until > 0:
                     delay = min(delay, until)
             if not leased:
@@ -99,6 +107,8 @@ class Scheduler:
                 return delay
         self._planned.add(ref)
         self.at(ref, time.monotonic() + delay)
+        if early is not None:
+            self._early[ref] = early
         return delay
 
     def _joined(self, ref: SecretRef, interval: float, delay: float) -> float:
@@ -129,6 +139,7 @@ class Scheduler:
             self._moved.set()
 
     def _drop(self, ref: SecretRef) -> None:
+        self._early.pop(ref, None)
         when = self._due.pop(ref, None)
         if when is None:
             return
@@ -163,7 +174,7 @@ class Scheduler:
         taken = [
             ref
             for ref, when in self._due.items()
-            if when <= now + min(GROUP_WINDOW, self.interval_for(ref) / 10)
+            if when <= now + self._early.get(ref, min(GROUP_WINDOW, self.interval_for(ref) / 10))
         ]
         for ref in taken:
             self._drop(ref)

@@ -139,6 +139,21 @@ def test_a_lease_keeps_its_own_clock_whatever_the_refresh() -> None:
     assert 2399 <= every(86400).plan(DB, leased) <= 2400
 
 
+def test_a_short_lease_is_not_renewed_early_by_the_group_window() -> None:
+    """A lease renewal due soon (a short TTL) is not taken at once by the 2 s group window (a
+    renewal storm: each renewal planned the next one inside the window); at most a tenth of
+    its wait early, with its neighbours."""
+    plan = every(300)
+    lease = Lease("database/creds/app/abc", 0.45, True, obtained_at=time.time())
+    due = time.time() + 0.3
+    leased = Entry(DB, value=SecretValue("pw-sched-1234", lease=lease, check_after=due))
+    assert 0.25 <= plan.plan(DB, leased) <= 0.3
+    plan.at(API, time.monotonic())
+    assert [API] == plan.take_due()
+    time.sleep(max(0.0, due - time.time() - 0.03))
+    assert [DB] == plan.take_due()
+
+
 def test_transient_failures_back_off_exponentially_capped() -> None:
     """Transient failures are retried sooner than the refresh, doubling from 1 s (with jitter
     down to half) up to MAX_BACKOFF, never waiting longer than the refresh."""

@@ -180,6 +180,15 @@ class Provider(Protocol):
         """Authenticate and make one cheap read-only call; raise ProviderError if not ok."""
         ...
 
+    def revoke_after(self) -> float | None:
+        """Seconds of grace before a replaced lease is revoked; None: leases are not revoked
+        (left to expire), as for every store without leases."""
+        ...
+
+    async def revoke(self, ref: SecretRef, lease: Lease) -> None:
+        """End `lease` now (the credentials it holds stop working); raise ProviderError."""
+        ...
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc: object) -> None: ...
@@ -247,6 +256,12 @@ class BaseProvider:
 
     async def test_connection(self) -> None:
         return None
+
+    def revoke_after(self) -> float | None:
+        return None
+
+    async def revoke(self, ref: SecretRef, lease: Lease) -> None:
+        raise ProviderBug(ref, f"{self.name}: this store has no leases to revoke")
 
     async def open(self) -> None:
         """Build the session (or leave it to the first request); never contact the store here."""

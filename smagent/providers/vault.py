@@ -27,8 +27,10 @@ engines have none, and no path has a stage: asking for one is an error.
 A dynamic-secret read creates a database user: the resolver asks for each
 distinct reference once a pass, and `refresh` renews its lease rather than
 reading again; a new read happens only when the lease cannot be renewed or
-nears its max_ttl (replace, not revoke: the old user must keep working until
-the service reloads its new file).
+nears its max_ttl. Replace, not revoke, here: the old user must keep working
+until the service reloads its new file. The agent revokes the replaced lease
+later (`revoke`), once every file that used it was rewritten and its actions
+ran, plus `revoke_replaced_after` of grace (smagent/retire.py).
 
 Auth: a token (`token_file`, else `$VAULT_TOKEN` as the vault CLI reads it)
 or AppRole (role_id or role_id_file, secret_id_file, re-read at each login).
@@ -324,6 +326,24 @@ class VaultProvider(BaseProvider):
     async def test_connection(self) -> None:
         await self.open()
         await self._request("GET", "auth/token/lookup-self", None, "token lookup")
+
+    def revoke_after(self) -> float | None:
+        after = self.config.revoke_replaced_after
+        return None if after is None else float(after)
+
+    async def revoke(self, ref: SecretRef, lease: Lease) -> None:
+        """`sys/leases/revoke`: Vault runs the engine's revocation (the database user is
+        dropped) before it answers. A lease Vault no longer knows (expired) is not an error."""
+        await self.open()
+        with contextlib.suppress(NotFound):  # "invalid lease ID": it ended already
+            await self._request(
+                "PUT",
+                "sys/leases/revoke",
+                ref,
+                "lease revocation",
+                payload={"lease_id": lease.lease_id},
+            )
+        self._first_ttl.pop(lease.lease_id, None)
 
     def __repr__(self) -> str:
         return f"VaultProvider(name={self.name!r}, address={self.address!r})"

@@ -361,8 +361,10 @@ def example_config(
     providers: Mapping[str, Mapping[str, object]],
     refresh: str | None = None,
     defaults: Mapping[str, object] | None = None,
+    example: str = "smagent.yaml",
 ) -> dict[str, object]:
-    """examples/database-host/smagent.yaml as a config for this test host.
+    """examples/database-host/smagent.yaml (or `example`, another config of that folder) as
+    a config for this test host.
 
     `templates`: the example's template entries to keep, by `name`, each with its
     destination here (the userlist's is `dbhost.userlist`, whatever is given). Sources
@@ -374,7 +376,7 @@ def example_config(
     """
     import yaml
 
-    config = yaml.safe_load((EXAMPLE / "smagent.yaml").read_text())
+    config = yaml.safe_load((EXAMPLE / example).read_text())
     kept_providers = {
         name: {**config["providers"][name], **fields} for name, fields in providers.items()
     }

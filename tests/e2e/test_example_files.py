@@ -30,7 +30,8 @@ def test_the_example_config_checks_and_reads_every_stage(tmp_path: Path) -> None
     folder = tmp_path / "etc-smagent"
     shutil.copytree(EXAMPLE, folder)
     config = folder / "smagent.yaml"
-    config.write_text(config.read_text().replace("group: app\n", "group: root\n"))
+    text = config.read_text().replace("group: app\n", "group: root\n")
+    config.write_text(text.replace(": replicant\n", ": root\n"))  # the MariaDB/Arcion account
     run = run_cli("--config", config, "check", env={"AWS_EC2_METADATA_DISABLED": "true"})
     assert 0 == run.returncode, run.stderr
     for stage in ("", "#AWSPENDING", "#AWSPREVIOUS"):

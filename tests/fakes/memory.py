@@ -20,6 +20,7 @@ import msgspec
 
 from smagent.providers.base import (
     FetchResult,
+    Lease,
     NotFound,
     ProviderError,
     RefreshResult,
@@ -86,6 +87,12 @@ class MemoryProvider:
 
     async def test_connection(self) -> None:
         return None
+
+    def revoke_after(self) -> float | None:
+        return None  # no leases here
+
+    async def revoke(self, ref: SecretRef, lease: Lease) -> None:
+        raise NotFound(ref, "a memory store has no leases")
 
     async def __aenter__(self) -> Self:
         self.opened += 1

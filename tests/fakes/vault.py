@@ -22,6 +22,15 @@ Knobs: `namespace` (requests must carry it in X-Vault-Namespace), `deny`
 monotonic time at arrival), `users_created`, and the `on_user_created` hook.
 It runs in its own thread and event loop, so synchronous clients (hvac, a
 subprocess run) and asyncio tests can both use it.
+
+Leases end as in Vault: a revoke, or their expiry (the TTL granted, never
+past the role's max_ttl), found by a sweeper every `SWEEP_EVERY` seconds.
+`lease_events` records each issue, renewal and end (with why), for figures.
+By default the "users" are names only. Opt in to a real database by setting
+`database` to a `DatabaseEngine` (tests/fakes/vault_postgres.py has one for
+PostgreSQL): issuing runs its `create`, a renewal its `renew` (the new
+expiry), and a lease's end, by revoke or expiry, its `revoke` -- in a worker
+thread, before the answer, as Vault's database engine does.
 """
 
 from __future__ import annotations
@@ -37,11 +46,40 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
 JSON = "application/json"
+SWEEP_EVERY = 0.1
+"""Seconds between two looks for expired leases (Vault's expiration manager)."""
+
+
+class DatabaseEngine(Protocol):
+    """What Vault's database secrets engine does in the database, for the fake to call.
+
+    Blocking calls, run in a worker thread. `expires` is the lease's end, `time.time()`.
+    """
+
+    def create(self, username: str, password: str, expires: float) -> None: ...
+
+    def renew(self, username: str, expires: float) -> None: ...
+
+    def revoke(self, username: str) -> None: ...
+
+
+LeaseEvent = Literal["issued", "renewed", "revoked", "expired"]
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """One thing that happened to a lease (never with its password)."""
+
+    event: LeaseEvent
+    lease_id: str
+    username: str
+    at: float
+    """time.monotonic() when it happened."""
 
 
 @dataclass
@@ -115,6 +153,14 @@ class VaultFake:
         self.users_created = 0
         self.password_prefix = "A1a-"
         self.on_user_created: Callable[[str, str], None] | None = None
+        self.database: DatabaseEngine | None = None
+        """Opt-in: a real database behind database/creds (see the module's docstring)."""
+        self.lease_events: list[LeaseRecord] = []
+        self.in_transition = 0
+        self.count_lock = threading.Lock()
+        """Held while `leases` and `in_transition` change together (another thread counts)."""
+        """Leases being issued (user created, lease not yet recorded) or ended (lease gone,
+        user not yet dropped): `live_leases` counts them, so a user never outnumbers them."""
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._counter = itertools.count(1)
@@ -123,9 +169,9 @@ class VaultFake:
 
     def reset(self) -> None:
         """Back to a fresh state, still served at the same address."""
-        url = self.url
+        url, database = self.url, self.database
         self.__init__(namespace=self.namespace)  # type: ignore[misc]
-        self.url = url
+        self.url, self.database = url, database
 
     def add_token(self, token: str, ttl: float = 3600.0, *, renewable: bool = True) -> str:
         self.tokens[token] = Token(ttl, renewable, max(ttl, 3600.0))
@@ -153,6 +199,14 @@ class VaultFake:
         `html`: with `message` as a text/html page, as a proxy in front of Vault would."""
         words = message or _DEFAULT_WORDS.get(status, "internal error")
         self.faults.append(Fault(status, words, paths, count, retry_after, html))
+
+    def live_leases(self) -> int:
+        """Leases issued and not yet ended, and those being issued or ended this instant."""
+        with self.count_lock:
+            return len(self.leases) + self.in_transition
+
+    def count(self, event: LeaseEvent) -> int:
+        return sum(1 for record in self.lease_events if record.event == event)
 
     def seen(self, prefix: str = "", method: str | None = None) -> list[Seen]:
         return [
@@ -208,11 +262,15 @@ class VaultFake:
         if path.startswith("sys/internal/ui/mounts/") and request.method == "GET":
             return self._mount_of(path.removeprefix("sys/internal/ui/mounts/"))
         if path == "sys/leases/renew" and request.method in ("POST", "PUT"):
-            return self._renew_lease(await _body(request))
+            return await self._renew_lease(await _body(request))
         if path == "sys/leases/revoke" and request.method in ("POST", "PUT"):
-            lease = self.leases.pop(str((await _body(request)).get("lease_id")), None)
+            lease_id = str((await _body(request)).get("lease_id"))
+            lease = self._take(lease_id)
             if lease is None:
                 return _errors(400, ["invalid lease ID"])
+            problem = await self._end(lease_id, lease, "revoked")
+            if problem is not None:
+                return _errors(500, [problem])
             return web.Response(status=204)
         if request.method != "GET":
             return _errors(405, ["unsupported operation"])
@@ -221,7 +279,7 @@ class VaultFake:
             return _errors(404, [f"no handler for route {path!r}. route entry not found."])
         kind = self.mounts[mount]
         if kind["type"] == "database":
-            return self._creds(rest)
+            return await self._creds(rest)
         if kind["options"] and kind["options"].get("version") == "2":
             return self._kv2(rest, request.query.get("version"))
         data = self.kv1.get(path.strip("/"))
@@ -284,7 +342,7 @@ class VaultFake:
         }
         return _json(_envelope({"data": entry["data"], "metadata": metadata}))
 
-    def _creds(self, rest: str) -> web.Response:
+    async def _creds(self, rest: str) -> web.Response:
         area, _, role = rest.partition("/")
         if area != "creds" or role not in self.db_roles:
             return _errors(400, [f"unknown role: {role}"])
@@ -292,17 +350,30 @@ class VaultFake:
         number = next(self._counter)
         username = f"v-approle-{role}-{number:04d}"
         password = f"{self.password_prefix}{uuid.uuid4().hex}"
+        lease_id = f"database/creds/{role}/{uuid.uuid4().hex[:24]}"
+        now = time.time()
+        if self.database is not None:
+            with self.count_lock:
+                self.in_transition += 1
+            try:
+                await asyncio.to_thread(self.database.create, username, password, now + ttl)
+            except Exception as exc:  # Vault's words name the role, never the password
+                with self.count_lock:
+                    self.in_transition -= 1
+                return _errors(500, [f"creating user {username} failed: {type(exc).__name__}"])
         self.users_created += 1
         if self.on_user_created is not None:
             self.on_user_created(username, password)
-        lease_id = f"database/creds/{role}/{uuid.uuid4().hex[:24]}"
-        now = time.time()
-        self.leases[lease_id] = LeaseState(role, username, ttl, now + max_ttl, True, now + ttl)
+        with self.count_lock:
+            self.leases[lease_id] = LeaseState(role, username, ttl, now + max_ttl, True, now + ttl)
+            if self.database is not None:
+                self.in_transition -= 1
+        self.lease_events.append(LeaseRecord("issued", lease_id, username, time.monotonic()))
         body = _envelope({"username": username, "password": password}, lease_duration=int(ttl))
         body.update(lease_id=lease_id, renewable=True)
         return _json(body)
 
-    def _renew_lease(self, body: dict[str, Any]) -> web.Response:
+    async def _renew_lease(self, body: dict[str, Any]) -> web.Response:
         lease_id = str(body.get("lease_id", ""))
         lease = self.leases.get(lease_id)
         now = time.time()
@@ -312,10 +383,49 @@ class VaultFake:
             return _errors(400, ["lease is not renewable"])
         increment = float(body.get("increment") or lease.duration)
         granted = max(0.0, min(increment, lease.max_expires - now))
+        if self.database is not None:  # Vault's renew_statements: ALTER ROLE ... VALID UNTIL
+            try:
+                await asyncio.to_thread(self.database.renew, lease.username, now + granted)
+            except Exception as exc:
+                words = f"renewing user {lease.username} failed: {type(exc).__name__}"
+                return _errors(500, [words])
         lease.expires = now + granted
+        self.lease_events.append(LeaseRecord("renewed", lease_id, lease.username, time.monotonic()))
         answer = _envelope(None, lease_duration=int(granted))
         answer.update(lease_id=lease_id, renewable=True)
         return _json(answer)
+
+    def _take(self, lease_id: str) -> LeaseState | None:
+        """Take a lease out as it ends (still counted until its user is dropped)."""
+        with self.count_lock:
+            lease = self.leases.pop(lease_id, None)
+            if lease is not None and self.database is not None:
+                self.in_transition += 1
+            return lease
+
+    async def _end(self, lease_id: str, lease: LeaseState, why: LeaseEvent) -> str | None:
+        """A lease's end (already out of `leases`): the user is dropped; Vault's words if not."""
+        self.lease_events.append(LeaseRecord(why, lease_id, lease.username, time.monotonic()))
+        if self.database is None:
+            return None
+        try:
+            await asyncio.to_thread(self.database.revoke, lease.username)
+        except Exception as exc:
+            return f"revoking user {lease.username} failed: {type(exc).__name__}"
+        finally:
+            with self.count_lock:
+                self.in_transition -= 1
+        return None
+
+    async def sweep(self) -> None:
+        """Vault's expiration manager: a lease past its end is revoked, for ever (a task)."""
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            now = time.time()
+            for lease_id in [k for k, v in self.leases.items() if v.expires <= now]:
+                lease = self._take(lease_id)
+                if lease is not None:
+                    await self._end(lease_id, lease, "expired")
 
     def _approle_login(self, body: dict[str, Any]) -> web.Response:
         role_id = str(body.get("role_id", ""))
@@ -467,10 +577,13 @@ def running(fake: VaultFake, *, tls: Path | None = None) -> Iterator[VaultFake]:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         fake.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        sweeper = asyncio.create_task(fake.sweep(), name="vault-fake-sweeper")
         ready.set()
         try:
             await stop.wait()
         finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await runner.cleanup()
 
     def main() -> None:
