@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from smagent import health, metrics
+from smagent import health, metrics, retire
 from smagent.cache import SecretCache
 from smagent.config import (
     Config,
@@ -53,7 +53,7 @@ from smagent.notify import Notifier
 from smagent.pending import Journal, Ledger, key_of
 from smagent.pipeline import PassResult, Pipeline, Status
 from smagent.providers import ProviderSetupError, create_provider
-from smagent.providers.base import Provider, ProviderError
+from smagent.providers.base import Provider
 from smagent.references import SecretRef
 from smagent.retire import HostView, Retiring, next_due, review
 from smagent.scheduler import Scheduler
@@ -612,18 +612,10 @@ class Agent:
 
     async def _revoke(self, item: Retiring) -> None:
         ref = item.ref
+        ends_in = round(max(0.0, item.expires - time.time()), 1)
         try:
-            await item.provider.revoke(ref, item.lease)
-        except ProviderError as exc:  # it ends on its own at its expiry: told, not retried
-            log.warning(
-                "lease.revoke_failed",
-                provider=ref.provider,
-                reference=str(ref),
-                error=exc.kind,
-                detail=REDACTOR.scrub(exc.detail),
-                ends_by_itself_in=round(max(0.0, item.expires - time.time()), 1),
-            )
-            return
+            if not await retire.revoke(item.provider, ref, item.lease, ends_by_itself_in=ends_in):
+                return
         except Exception as exc:  # our bug: the same, and the loop goes on
             log.error("lease.revoke_crashed", provider=ref.provider, error_type=type(exc).__name__)
             return

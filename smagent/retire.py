@@ -128,6 +128,24 @@ def _ready(item: Retiring, view: HostView) -> bool:
     return True
 
 
+async def revoke(provider: Provider, ref: SecretRef, lease: Lease, **told: object) -> bool:
+    """Revoke one lease; a refusal is logged (with `told`), since the lease then ends on its
+    own at its expiry: nothing to retry. Whether it was revoked."""
+    try:
+        await provider.revoke(ref, lease)
+    except ProviderError as exc:
+        log.warning(
+            "lease.revoke_failed",
+            provider=ref.provider,
+            reference=str(ref),
+            error=exc.kind,
+            detail=REDACTOR.scrub(exc.detail),
+            **told,
+        )
+        return False
+    return True
+
+
 async def revoke_unused(
     providers: Mapping[str, Provider], results: Mapping[SecretRef, FetchResult]
 ) -> int:
@@ -145,16 +163,7 @@ async def revoke_unused(
             leases.setdefault(value.lease.lease_id, (ref, value.lease, provider))
 
     async def one(ref: SecretRef, lease: Lease, provider: Provider) -> bool:
-        try:
-            await provider.revoke(ref, lease)
-        except ProviderError as exc:
-            log.warning(
-                "lease.revoke_failed",
-                provider=ref.provider,
-                reference=str(ref),
-                error=exc.kind,
-                detail=REDACTOR.scrub(exc.detail),
-            )
+        if not await revoke(provider, ref, lease):
             return False
         log.info("lease.revoked", provider=ref.provider, reference=str(ref), reason="unused")
         return True
