@@ -436,7 +436,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         # the running agent rejected this edit and kept its last good config: show its
         # state, and the config's problems, rather than stopping at them
-        config, problems = None, str(exc)
+        config, problems = None, REDACTOR.scrub(str(exc))  # printed unscrubbed below
         _error(f"{exc}\n(the config on disk is invalid; a running agent keeps its last good one)")
         state_dir = state_dir_from(configured_state_dir(config_path))
     else:
