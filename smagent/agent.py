@@ -92,6 +92,9 @@ class TemplateState:
     write_failures: int = 0
     rendered_pass_started: float | None = None
     """`time.time()` at which the last pass that rendered it without error began."""
+    held_refs: frozenset[SecretRef] | None = None
+    """The secrets its last successful render used: what its file holds, while later renders
+    fail (None: none in this run; its file holds what an earlier run wrote)."""
 
 
 class Agent:
@@ -340,6 +343,7 @@ class Agent:
             else:
                 state.last_success = now
                 state.rendered_pass_started = started
+                state.held_refs = frozenset(refs)
                 state.failing_since = None
                 state.error = None
                 state.retry_at = None
@@ -534,7 +538,9 @@ class Agent:
             if item.ref not in self.cache.entries:
                 later.append(item)  # not read by this run yet (or no longer used: it ends)
                 continue
-            self.retiring.append(Retiring(item.ref, item.lease, provider, started, grace))
+            self.retiring.append(
+                Retiring(item.ref, item.lease, provider, started, grace, inherited=True)
+            )
         self._inherited = later
         if self.retiring:
             self._retire_wake.set()
@@ -581,9 +587,19 @@ class Agent:
         def owes_actions(name: str) -> bool:
             return any(key in self.ledger.owed for key in actions.get(name, ()))
 
+        def using(item: Retiring) -> set[str]:
+            names = self.index.using({item.ref})
+            for name, state in self.templates.items():
+                if state.held_refs is None:
+                    if item.inherited:
+                        names.add(name)
+                elif item.ref in state.held_refs:
+                    names.add(name)
+            return names
+
         return HostView(
             still_held=still_held,
-            using=lambda ref: self.index.using({ref}),
+            using=using,
             rendered_since=rendered_since,
             owes_actions=owes_actions,
         )

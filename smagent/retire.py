@@ -10,8 +10,10 @@ TTL when renewal was refused): database users pile up.
 
 So a replaced lease is revoked when, and only when:
 
-1. every template that uses the secret rendered without error in a pass that
-   began after the replacement (its file holds the new credentials);
+1. every template that uses the secret -- or whose file may still hold it: its
+   last successful render used it, though its renders fail now -- rendered
+   without error in a pass that began after the replacement (its file holds
+   the new credentials);
 2. none of those templates' actions is still owed: the SIGHUP or reload ran
    (a failing action holds the revocation back);
 3. the provider's `revoke_replaced_after` passed since 1 and 2 first held:
@@ -58,6 +60,9 @@ class Retiring:
     grace: float
     ready_at: float | None = None
     """`time.monotonic()` when conditions 1 and 2 first held."""
+    inherited: bool = False
+    """Held by an earlier run (or instance): a template not yet rendered by this one may
+    have it in its file."""
 
     @property
     def expires(self) -> float:
@@ -74,8 +79,11 @@ class HostView:
 
     still_held: Callable[[Retiring], bool]
     """Its secret is still used and its provider is the same instance."""
-    using: Callable[[SecretRef], set[str]]
-    """The templates that use a secret."""
+    using: Callable[[Retiring], set[str]]
+    """The templates whose file may hold the lease: those that use its secret now, those
+    whose last successful render used it (a render failing before its `secret(...)` call
+    names no secret, but its file still holds the old credentials) and, for an inherited
+    lease, those not rendered successfully by this run yet."""
     rendered_since: Callable[[str], float | None]
     """`time.time()` at which the last pass that rendered a template without error began."""
     owes_actions: Callable[[str], bool]
@@ -118,7 +126,7 @@ def next_due(pending: list[Retiring]) -> float | None:
 
 
 def _ready(item: Retiring, view: HostView) -> bool:
-    templates = view.using(item.ref)
+    templates = view.using(item)
     if not templates:
         return False
     for name in templates:

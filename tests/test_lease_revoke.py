@@ -179,6 +179,34 @@ def test_restart_or_reload_revokes_what_the_earlier_instance_held(
     assert 1 == vault.live_leases()
 
 
+@pytest.mark.parametrize("how", ["reload", "restart"])
+def test_a_template_failing_before_its_secret_call_holds_the_revocation_back(
+    agent: AgentFactory, tmp_path: Path, vault: VaultFake, how: str
+) -> None:
+    """A template whose renders now fail before they reach the secret (so they name none)
+    still has the old lease in its file: the lease is not revoked, it ends on its own."""
+    ws = workspace(tmp_path, vault, "100ms")
+    ws.contents("out/a.env", "USER={{ secrets.pg.username }}\n")
+    held = ws.contents("out/b.env", "USER={{ secrets.pg.username }}\n")
+    ws.write()
+    first = agent(ws.config_path)
+    first.wait_for("agent.ready")
+    old = vault.lease_events[0]
+    assert f"USER={old.username}\n" == held.read_text()
+    ws.templates[1]["contents"] = "{{ 1 // 0 }}USER={{ secrets.pg.username }}\n"
+    if how == "restart":
+        first.kill()
+        ws.write_config()
+        process = agent(ws.config_path)
+    else:
+        process = first
+        ws.write_config()
+    process.wait_for("template.failed")
+    end = wait_end(vault, old.lease_id, TTL + 2)
+    assert "expired" == end.event
+    assert f"USER={old.username}\n" == held.read_text()
+
+
 # --- one-shot commands that only look ---------------------------------------------------------
 
 
@@ -226,7 +254,7 @@ class View:
     def host(self) -> HostView:
         return HostView(
             still_held=lambda item: self.held,
-            using=lambda ref: {"a", "b"} if ref == REF else set(),
+            using=lambda item: {"a", "b"} if item.ref == REF else set(),
             rendered_since=self.rendered.get,
             owes_actions=lambda name: name in self.owed,
         )
