@@ -48,7 +48,7 @@ from smagent.config import (
 )
 from smagent.held_leases import LEASES_FILE, HeldLease, read_held, write_held
 from smagent.index import Index
-from smagent.logging import REDACTOR, get_logger
+from smagent.logging import REDACTOR, get_logger, shown
 from smagent.notify import Notifier
 from smagent.pending import Journal, Ledger, key_of
 from smagent.pipeline import PassResult, Pipeline, Status
@@ -269,7 +269,7 @@ class Agent:
             log.info(
                 "lease.revoke_postponed" if listed else "lease.left_to_expire",
                 provider=item.ref.provider,
-                reference=str(item.ref),
+                reference=shown(item.ref),
                 reason="the agent stopped before its grace ended",
                 then="the next start revokes it" if listed else "it ends on its own",
             )
@@ -613,7 +613,7 @@ class Agent:
                 log.info(
                     "lease.left_to_expire",
                     provider=item.ref.provider,
-                    reference=str(item.ref),
+                    reference=shown(item.ref),
                     reason=why,
                 )
             for item in found.due:
@@ -638,7 +638,7 @@ class Agent:
         log.info(
             "lease.revoked",
             provider=ref.provider,
-            reference=str(ref),
+            reference=shown(ref),
             replaced_s_ago=round(time.time() - item.replaced_at, 2),
             grace=item.grace,
         )
@@ -810,7 +810,7 @@ class Agent:
         leases = [
             health.LeaseHealth(
                 provider=entry.ref.provider,
-                secret=entry.ref.secret_id,
+                secret=REDACTOR.scrub(entry.ref.secret_id),
                 expires_at=entry.value.lease.obtained_at + entry.value.lease.duration_s,
                 renewable=entry.value.lease.renewable,
             )

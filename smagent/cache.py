@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from smagent.logging import REDACTOR, Redactor, get_logger
+from smagent.logging import REDACTOR, Redactor, get_logger, shown
 from smagent.providers.base import (
     FetchResult,
     Lease,
@@ -294,7 +294,7 @@ class SecretCache:
             if earlier is not None:
                 self.redactor.retire(earlier.reveal())
             self._previous[ref] = old
-            log.info("secret.rotated", reference=str(ref), generation=entry.generation)
+            log.info("secret.rotated", reference=shown(ref), generation=entry.generation)
         return True
 
     def _failed(self, entry: Entry, error: ProviderError, now: float) -> None:
@@ -308,7 +308,7 @@ class SecretCache:
                 # permanent one (deleted, access revoked) is this secret's own news
                 log.warning(
                     "secret.check_failed",
-                    reference=str(entry.ref),
+                    reference=shown(entry.ref),
                     error=error.kind,
                     detail=error.detail,
                     keeping="the last good value",
@@ -317,7 +317,7 @@ class SecretCache:
     def _recovered(self, entry: Entry, now: float) -> None:
         error = entry.error
         if entry.value is not None and error is not None and not error.transient:
-            log.info("secret.recovered", reference=str(entry.ref))
+            log.info("secret.recovered", reference=shown(entry.ref))
         entry.error = None
         entry.failures = 0
         entry.failing_since = None

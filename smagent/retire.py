@@ -40,7 +40,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from smagent.logging import REDACTOR, get_logger
+from smagent.logging import REDACTOR, get_logger, shown
 from smagent.providers.base import FetchResult, Lease, Provider, ProviderError, SecretValue
 from smagent.references import SecretRef
 
@@ -145,7 +145,7 @@ async def revoke(provider: Provider, ref: SecretRef, lease: Lease, **told: objec
         log.warning(
             "lease.revoke_failed",
             provider=ref.provider,
-            reference=str(ref),
+            reference=shown(ref),
             error=exc.kind,
             detail=REDACTOR.scrub(exc.detail),
             **told,
@@ -173,7 +173,7 @@ async def revoke_unused(
     async def one(ref: SecretRef, lease: Lease, provider: Provider) -> bool:
         if not await revoke(provider, ref, lease):
             return False
-        log.info("lease.revoked", provider=ref.provider, reference=str(ref), reason="unused")
+        log.info("lease.revoked", provider=ref.provider, reference=shown(ref), reason="unused")
         return True
 
     done = await asyncio.gather(*(one(*item) for item in leases.values()))

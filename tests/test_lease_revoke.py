@@ -28,6 +28,7 @@ from tests.sighup_counter import SighupCounter
 
 TOKEN = leaks.plant("hvs.canary-revoke-token-Jd4", "REVOKE_TOKEN")
 DB_PREFIX = leaks.plant("canary-revoke-dbpw-Mx8", "REVOKE_DB_PASSWORD")
+ROLE = leaks.plant("canaryrole_Qv7", "REVOKE_COMPUTED_ROLE")
 TTL = 4.0
 GRACE = 0.4
 
@@ -205,6 +206,34 @@ def test_a_template_failing_before_its_secret_call_holds_the_revocation_back(
     end = wait_end(vault, old.lease_id, TTL + 2)
     assert "expired" == end.event
     assert f"USER={old.username}\n" == held.read_text()
+
+
+def test_lease_events_mask_a_computed_secret_path(
+    agent: AgentFactory, tmp_path: Path, vault: VaultFake
+) -> None:
+    """A Vault path computed from a secret (`"database/creds/" ~ secrets.cfg.role`) never
+    shows in clear in the lease events (rotated, revoked, postponed at a stop) or the
+    status file; only the 0600 leases.json in the state folder lists it."""
+    vault.db_roles[ROLE] = (TTL, 60.0)
+    vault.put_kv2("cfg", {"role": ROLE})
+    ws = workspace(tmp_path, vault, "100ms")
+    ws.namespace("cfg", "vault", secret="secret/data/cfg")
+    ws.contents(
+        "out/app.env",
+        'USER={{ secret("vault:database/creds/" ~ secrets.cfg.role, key="username") }}\n',
+    )
+    ws.write()
+    held = tmp_path / "state" / "leases.json"
+    leaks.allow_secrets_in(held)
+    process = agent(ws.config_path)
+    process.wait_for("agent.ready")
+    old = vault.lease_events[0]
+    wait_end(vault, old.lease_id, TTL + 2)
+    process.wait_for("secret.rotated")
+    revoked = process.wait_for("lease.revoked")
+    assert ROLE not in revoked["reference"]
+    assert ROLE in held.read_text()
+    assert 0o600 == held.stat().st_mode & 0o777
 
 
 # --- one-shot commands that only look ---------------------------------------------------------
