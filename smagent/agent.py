@@ -145,8 +145,8 @@ class Agent:
         self._revoking: set[asyncio.Task[None]] = set()
         self._inherited: list[HeldLease] = []
         """Leases an earlier run left in the state folder: revoked once replaced here."""
-        self._held_written: frozenset[str] | None = None
-        """The lease ids `leases.json` lists now (None: not written by this run yet)."""
+        self._held_written: frozenset[tuple[str, float, float]] | None = None
+        """The leases `leases.json` lists now, with their ends (None: not written yet)."""
         self._write_errors: dict[str, str] = {}
         self._states_written: dict[str, str] = {}
         """Each provider's health state as the last status.json said it."""
@@ -436,6 +436,9 @@ class Agent:
             self._mark_dirty(self.index.using(look.changed))
         elif self._provider_states() != self._states_written:
             await self._write_status()  # an outage (or its end) is news: not in 30 s
+        else:
+            async with self._status_lock:  # one writer of leases.json at a time
+                await self._persist_leases()  # a renewal: its new end, not in 30 s
 
     def _provider_states(self) -> dict[str, str]:
         return {
@@ -561,7 +564,10 @@ class Agent:
         ]
         held += [HeldLease(item.ref, item.lease) for item in self.retiring]
         held += self._inherited  # not adopted yet: still to be revoked by someone
-        ids = frozenset(item.lease.lease_id for item in held)
+        # a renewal moves a lease's end: the next start skips a lease whose listed end passed
+        ids = frozenset(
+            (item.lease.lease_id, item.lease.obtained_at, item.lease.duration_s) for item in held
+        )
         if ids == self._held_written:
             return
         try:

@@ -11,8 +11,9 @@ the grace (smagent/retire.py). A lease id alone opens nothing: revoking or
 renewing it takes a Vault token allowed to.
 
 The file is written atomically (like every file smagent writes) when the set
-of leases changes. A file that cannot be read or parsed is reported and
-ignored: the leases in it then end on their own, as before.
+of leases changes, or a renewal moves a lease's end (a lease listed with an
+end that passed is not revoked by the next start). A file that cannot be read
+or parsed is reported and ignored: the leases in it then end on their own.
 """
 
 from __future__ import annotations

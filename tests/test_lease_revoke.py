@@ -236,6 +236,31 @@ def test_lease_events_mask_a_computed_secret_path(
     assert 0o600 == held.stat().st_mode & 0o777
 
 
+def test_a_renewed_lease_is_revoked_after_a_restart(
+    agent: AgentFactory, tmp_path: Path, vault: VaultFake
+) -> None:
+    """leases.json follows each renewal: after a restart past the lease's first end, the
+    lease the earlier run renewed is still revoked, not left to end on its own."""
+    vault.renew_refused = False
+    vault.db_roles["app"] = (3.0, 60.0)
+    ws = workspace(tmp_path, vault, "100ms")
+    ws.contents("out/app.env", "USER={{ secrets.pg.username }}\n")
+    ws.write()
+    first = agent(ws.config_path)
+    first.wait_for("agent.ready")
+    old = vault.lease_events[0]
+    deadline = time.monotonic() + 10
+    while (
+        not any(e.event == "renewed" for e in vault.lease_events) or time.monotonic() < old.at + 3.1
+    ):
+        assert time.monotonic() < deadline, "no renewal"
+        time.sleep(0.05)
+    first.kill()
+    process = agent(ws.config_path)
+    process.wait_for("agent.ready")
+    assert "revoked" == wait_end(vault, old.lease_id, 5).event
+
+
 # --- one-shot commands that only look ---------------------------------------------------------
 
 
