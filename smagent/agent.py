@@ -9,7 +9,7 @@ What outlives a pass lives here: the providers (sessions, tokens and leases
 survive a reload when their config did not change), the secret cache, the
 index of which template uses what, the scheduler, the compiled templates,
 the ledger of actions owed, and the replaced leases waiting for their
-revocation (smagent/retire.py; listed in state_dir/leases.json for the next
+revocation (smagent/retire.py; listed in state_dir/leases-<key>.json for the next
 start). A pass (`Pipeline.run`) is the same one
 `render --once` runs, given the cache's view as its resolver and the ledger.
 
@@ -46,7 +46,7 @@ from smagent.config import (
     TemplateSpec,
     load_config,
 )
-from smagent.held_leases import LEASES_FILE, HeldLease, read_held, write_held
+from smagent.held_leases import HeldLease, held_path, lock_held, read_held, write_held
 from smagent.index import Index
 from smagent.logging import REDACTOR, get_logger, shown
 from smagent.notify import Notifier
@@ -146,7 +146,10 @@ class Agent:
         self._inherited: list[HeldLease] = []
         """Leases an earlier run left in the state folder: revoked once replaced here."""
         self._held_written: frozenset[tuple[str, float, float]] | None = None
-        """The leases `leases.json` lists now, with their ends (None: not written yet)."""
+        """The leases its leases file lists now, with their ends (None: not written yet)."""
+        self._held_path: Path | None = None
+        """This config's leases file, locked by this process (None: not used)."""
+        self._held_fd: int | None = None
         self._write_errors: dict[str, str] = {}
         self._states_written: dict[str, str] = {}
         """Each provider's health state as the last status.json said it."""
@@ -162,9 +165,7 @@ class Agent:
             await self._open_providers(self.config.providers)
             self.journal = await Journal.open(self.config)
             await self.ledger.adopt(await self.journal.orphans(), self.config)
-            held_file = self._held_file()
-            if held_file is not None:
-                self._inherited = await asyncio.to_thread(read_held, held_file)
+            await self._hold_leases_file()
             self._sync_templates()
             log.info(
                 "agent.started",
@@ -277,6 +278,9 @@ class Agent:
             await self.watcher.close()
         await self._close_providers(list(self.providers))
         await self._write_status(stopped=True)
+        if self._held_fd is not None:  # the next start of this config may adopt them now
+            os.close(self._held_fd)
+            self._held_fd = None
         self.notifier.close()
         log.info("agent.stopped")
 
@@ -437,7 +441,7 @@ class Agent:
         elif self._provider_states() != self._states_written:
             await self._write_status()  # an outage (or its end) is news: not in 30 s
         else:
-            async with self._status_lock:  # one writer of leases.json at a time
+            async with self._status_lock:  # one writer of the leases file at a time
                 await self._persist_leases()  # a renewal: its new end, not in 30 s
 
     def _provider_states(self) -> dict[str, str]:
@@ -549,11 +553,34 @@ class Agent:
             self._retire_wake.set()
 
     def _held_file(self) -> Path | None:
+        return self._held_path
+
+    async def _hold_leases_file(self) -> None:
+        """Lock this config's leases file for the agent's life and read what an earlier run
+        left in it; not when another live agent holds it (the same config started twice)."""
         folder = self.journal.folder
-        return None if folder is None else folder.parent / LEASES_FILE
+        if folder is None:
+            return
+        path = held_path(folder.parent, self.config.path)
+        try:
+            fd = await asyncio.to_thread(lock_held, path)
+        except OSError as exc:
+            log.warning("leases.write_failed", path=str(path), error=str(exc))
+            return
+        if fd is None:
+            log.warning(
+                "leases.in_use",
+                path=str(path),
+                reason="another agent of this config uses this state folder",
+                consequence="the leases this one replaces end on their own",
+            )
+            return
+        self._held_fd = fd
+        self._held_path = path
+        self._inherited = await asyncio.to_thread(read_held, path, self.journal.config)
 
     async def _persist_leases(self) -> None:
-        """`leases.json` lists what this run holds (and still has to revoke), when that changed."""
+        """The leases file lists what this run holds (and still has to revoke), when changed."""
         path = self._held_file()
         if path is None:
             return
@@ -571,7 +598,7 @@ class Agent:
         if ids == self._held_written:
             return
         try:
-            await asyncio.to_thread(write_held, path, held)
+            await asyncio.to_thread(write_held, path, self.journal.config, held)
         except (OSError, ValueError, WriteError) as exc:
             log.warning("leases.write_failed", path=str(path), error=str(exc))
             return
@@ -648,7 +675,7 @@ class Agent:
             replaced_s_ago=round(time.time() - item.replaced_at, 2),
             grace=item.grace,
         )
-        await self._write_status()  # leases.json: one fewer
+        await self._write_status()  # the leases file: one fewer
 
     async def _heartbeat_loop(self) -> None:
         while True:

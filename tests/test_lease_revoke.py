@@ -8,13 +8,14 @@ grace; a failing action holds it back (the lease then ends on its own). And
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from smagent.held_leases import HeldLease, read_held, write_held
+from smagent.held_leases import HeldLease, held_path, lock_held, read_held, write_held
 from smagent.providers.base import Lease
 from smagent.references import SecretRef
 from smagent.retire import HostView, Retiring, next_due, review
@@ -51,6 +52,12 @@ def workspace(tmp_path: Path, vault: VaultFake, grace: str | None) -> AgentWorks
     ws.vault("vault", vault.url, TOKEN, revoke_replaced_after=grace)
     ws.namespace("pg", "vault", secret="database/creds/app")
     return ws
+
+
+def held_file(ws: AgentWorkspace) -> Path:
+    """The config's leases file in its state folder."""
+    assert ws.state_dir is not None
+    return held_path(ws.state_dir, ws.config_path)
 
 
 def ends(vault: VaultFake, lease_id: str) -> list[LeaseRecord]:
@@ -154,7 +161,7 @@ def test_restart_or_reload_revokes_what_the_earlier_instance_held(
     first.wait_for("agent.ready")
     sighup_counter.wait_count(1)
     old = vault.lease_events[0]
-    held = (tmp_path / "state" / "leases.json").read_text()
+    held = held_file(ws).read_text()
     assert old.lease_id in held
     assert DB_PREFIX not in held
     if how == "sigkill":
@@ -174,7 +181,7 @@ def test_restart_or_reload_revokes_what_the_earlier_instance_held(
     assert f"USER={new.username}\n" == out.read_text()
     process.wait_for("lease.revoked", reference="vault:database/creds/app")
     deadline = time.monotonic() + 5
-    while old.lease_id in (tmp_path / "state" / "leases.json").read_text():
+    while old.lease_id in held_file(ws).read_text():
         assert time.monotonic() < deadline, "leases.json still lists the revoked lease"
         time.sleep(0.05)
     assert 1 == vault.live_leases()
@@ -223,7 +230,7 @@ def test_lease_events_mask_a_computed_secret_path(
         'USER={{ secret("vault:database/creds/" ~ secrets.cfg.role, key="username") }}\n',
     )
     ws.write()
-    held = tmp_path / "state" / "leases.json"
+    held = held_file(ws)
     leaks.allow_secrets_in(held)
     process = agent(ws.config_path)
     process.wait_for("agent.ready")
@@ -259,6 +266,32 @@ def test_a_renewed_lease_is_revoked_after_a_restart(
     process = agent(ws.config_path)
     process.wait_for("agent.ready")
     assert "revoked" == wait_end(vault, old.lease_id, 5).event
+
+
+def test_agents_sharing_a_state_folder_keep_their_own_leases(
+    agent: AgentFactory, tmp_path: Path, vault: VaultFake
+) -> None:
+    """Two configs, one state folder: the second agent does not take the first one's current
+    lease for one an earlier run left behind, so it revokes nothing of it."""
+    vault.db_roles["app"] = (60.0, 600.0)
+    spaces = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        ws = workspace(tmp_path / name, vault, "100ms")
+        ws.state_dir = tmp_path / "state"
+        ws.contents("out/app.env", "USER={{ secrets.pg.username }}\n")
+        ws.write()
+        spaces.append(ws)
+    first = agent(spaces[0].config_path)
+    first.wait_for("agent.ready")
+    mine = vault.lease_events[0]
+    second = agent(spaces[1].config_path)
+    second.wait_for("agent.ready")
+    time.sleep(1.0)  # an absence: the old code revoked `mine` 0.1 s after the pass
+    assert [] == vault.seen("sys/leases/revoke")
+    assert [mine.event] == [e.event for e in ends(vault, mine.lease_id)]
+    assert mine.lease_id in held_file(spaces[0]).read_text()
+    assert mine.lease_id not in held_file(spaces[1]).read_text()
 
 
 # --- one-shot commands that only look ---------------------------------------------------------
@@ -352,14 +385,24 @@ def test_review_gives_up_when_unused_or_expired() -> None:
 
 
 def test_held_leases_round_trip_and_a_bad_file_is_ignored(tmp_path: Path) -> None:
-    """leases.json reads back as written (mode 0600); an unreadable one gives no leases."""
-    path = tmp_path / "leases.json"
+    """The leases file reads back as written (mode 0600) for its config only; an unreadable
+    one gives no leases; its lock is held by one process at a time."""
+    path = held_path(tmp_path, tmp_path / "a.yaml")
+    assert path != held_path(tmp_path, tmp_path / "b.yaml")
     held = [HeldLease(REF, Lease("database/creds/app/abc", 60.0, True, obtained_at=1000.0))]
-    write_held(path, held)
+    write_held(path, "/etc/a.yaml", held)
     assert 0o600 == path.stat().st_mode & 0o777
-    assert held == read_held(path)
-    assert [] == read_held(tmp_path / "none.json")
-    path.write_text('{"format": 1, "leases": [{"provider": "vault"}]}')
-    assert [] == read_held(path)
+    assert held == read_held(path, "/etc/a.yaml")
+    assert [] == read_held(path, "/etc/b.yaml")
+    assert [] == read_held(tmp_path / "none.json", "/etc/a.yaml")
+    path.write_text('{"format": 2, "config": "/etc/a.yaml", "leases": [{"provider": "vault"}]}')
+    assert [] == read_held(path, "/etc/a.yaml")
     path.write_text("not json")
-    assert [] == read_held(path)
+    assert [] == read_held(path, "/etc/a.yaml")
+    fd = lock_held(path)
+    assert fd is not None
+    assert lock_held(path) is None
+    os.close(fd)
+    again = lock_held(path)
+    assert again is not None
+    os.close(again)
