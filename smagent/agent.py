@@ -142,7 +142,8 @@ class Agent:
         self.retiring: list[Retiring] = []
         """Replaced leases waiting to be revoked (smagent/retire.py)."""
         self._retire_wake = asyncio.Event()
-        self._revoking: set[asyncio.Task[None]] = set()
+        self._revoking: dict[asyncio.Task[None], Retiring] = {}
+        """Revocations under way, each with its lease."""
         self._inherited: list[HeldLease] = []
         """Leases an earlier run left in the state folder: revoked once replaced here."""
         self._held_written: frozenset[tuple[str, float, float]] | None = None
@@ -651,8 +652,8 @@ class Agent:
                 )
             for item in found.due:
                 task = asyncio.create_task(self._revoke(item), name="revoke")
-                self._revoking.add(task)
-                task.add_done_callback(self._revoking.discard)
+                self._revoking[task] = item
+                task.add_done_callback(lambda done: self._revoking.pop(done, None))
             at = next_due(self.retiring)
             timeout = None if at is None else max(0.0, at - time.monotonic())
             with contextlib.suppress(TimeoutError):
@@ -723,8 +724,15 @@ class Agent:
         except StartError as exc:
             self._reject([str(exc)])
             return
+        # leases waiting for a provider being replaced wait for the new instance, and its
+        # revocations under way end before it closes
+        waiting = [item for item in self.retiring if item.ref.provider in changed]
+        self.retiring = [item for item in self.retiring if item.ref.provider not in changed]
+        closing = [task for task, item in self._revoking.items() if item.ref.provider in changed]
+        await asyncio.gather(*closing, return_exceptions=True)
         await self._close_providers(changed & set(self.providers))
-        replaced = [
+        replaced = [HeldLease(item.ref, item.lease) for item in waiting]
+        replaced += [
             HeldLease(ref, entry.value.lease)
             for ref, entry in self.cache.entries.items()
             if ref.provider in changed and entry.value is not None and entry.value.lease is not None

@@ -294,6 +294,25 @@ def test_agents_sharing_a_state_folder_keep_their_own_leases(
     assert mine.lease_id not in held_file(spaces[1]).read_text()
 
 
+def test_a_reload_that_replaces_the_provider_keeps_the_leases_waiting_for_it(
+    agent: AgentFactory, tmp_path: Path, vault: VaultFake
+) -> None:
+    """A lease replaced and waiting out its grace when a reload replaces the Vault provider is
+    revoked by the new instance, not left to end on its own."""
+    vault.db_roles["app"] = (6.0, 60.0)  # replaced at 4 s, ends at 6 s
+    ws = workspace(tmp_path, vault, "30s")
+    ws.contents("out/app.env", "USER={{ secrets.pg.username }}\n")
+    ws.write()
+    process = agent(ws.config_path)
+    process.wait_for("agent.ready")
+    old = vault.lease_events[0]
+    process.wait_for("secret.rotated", timeout=8)
+    ws.providers["vault"]["revoke_replaced_after"] = "100ms"  # a new instance
+    ws.write_config()
+    process.wait_for("config.reloaded")
+    assert "revoked" == wait_end(vault, old.lease_id, 4).event
+
+
 # --- one-shot commands that only look ---------------------------------------------------------
 
 
