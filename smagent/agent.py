@@ -663,8 +663,18 @@ class Agent:
     async def _revoke(self, item: Retiring) -> None:
         ref = item.ref
         ends_in = round(max(0.0, item.expires - time.time()), 1)
+        delay = item.retry_in()
+        retry_in = delay if time.time() + delay < item.expires else None
         try:
-            if not await retire.revoke(item.provider, ref, item.lease, ends_by_itself_in=ends_in):
+            refused = await retire.revoke(
+                item.provider, ref, item.lease, retry_in, ends_by_itself_in=ends_in
+            )
+            if refused is not None:
+                if refused.transient and retry_in is not None:  # tried again after a wait
+                    item.failures += 1
+                    item.retry_at = time.monotonic() + retry_in
+                    self.retiring.append(item)
+                    self._retire_wake.set()
                 return
         except Exception as exc:  # our bug: the same, and the loop goes on
             log.error("lease.revoke_crashed", provider=ref.provider, error_type=type(exc).__name__)
@@ -726,10 +736,10 @@ class Agent:
             return
         # leases waiting for a provider being replaced wait for the new instance, and its
         # revocations under way end before it closes
+        closing = [task for task, item in self._revoking.items() if item.ref.provider in changed]
+        await asyncio.gather(*closing, return_exceptions=True)  # a refused one waits again
         waiting = [item for item in self.retiring if item.ref.provider in changed]
         self.retiring = [item for item in self.retiring if item.ref.provider not in changed]
-        closing = [task for task, item in self._revoking.items() if item.ref.provider in changed]
-        await asyncio.gather(*closing, return_exceptions=True)
         await self._close_providers(changed & set(self.providers))
         replaced = [HeldLease(item.ref, item.lease) for item in waiting]
         replaced += [

@@ -46,6 +46,9 @@ from smagent.references import SecretRef
 
 log = get_logger()
 
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+
 
 @dataclass(slots=True)
 class Retiring:
@@ -60,6 +63,10 @@ class Retiring:
     grace: float
     ready_at: float | None = None
     """`time.monotonic()` when conditions 1 and 2 first held."""
+    failures: int = 0
+    """Revocations refused for a transient reason (Vault unreachable, sealed, throttling)."""
+    retry_at: float = 0.0
+    """`time.monotonic()` before which it is not tried again."""
     inherited: bool = False
     """Held by an earlier run (or instance): a template not yet rendered by this one may
     have it in its file."""
@@ -70,7 +77,11 @@ class Retiring:
         return self.lease.obtained_at + self.lease.duration_s
 
     def due_at(self) -> float | None:
-        return None if self.ready_at is None else self.ready_at + self.grace
+        return None if self.ready_at is None else max(self.ready_at + self.grace, self.retry_at)
+
+    def retry_in(self) -> float:
+        """The wait before the next try after a transient refusal: doubling, 1 s to 60 s."""
+        return min(RETRY_MAX, RETRY_FIRST * 2.0**self.failures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,22 +147,31 @@ def _ready(item: Retiring, view: HostView) -> bool:
     return True
 
 
-async def revoke(provider: Provider, ref: SecretRef, lease: Lease, **told: object) -> bool:
-    """Revoke one lease; a refusal is logged (with `told`), since the lease then ends on its
-    own at its expiry: nothing to retry. Whether it was revoked."""
+async def revoke(
+    provider: Provider,
+    ref: SecretRef,
+    lease: Lease,
+    retry_in: float | None = None,
+    **told: object,
+) -> ProviderError | None:
+    """Revoke one lease; a refusal is logged (with `told`) and returned (None: revoked). A
+    transient one is retried by the caller in `retry_in` s when given; else the lease ends
+    on its own at its expiry."""
     try:
         await provider.revoke(ref, lease)
     except ProviderError as exc:
+        retrying = exc.transient and retry_in is not None
         log.warning(
             "lease.revoke_failed",
             provider=ref.provider,
             reference=shown(ref),
             error=exc.kind,
             detail=REDACTOR.scrub(exc.detail),
+            then=f"retrying in {retry_in} s" if retrying else "it ends on its own",
             **told,
         )
-        return False
-    return True
+        return exc
+    return None
 
 
 async def revoke_unused(
@@ -171,7 +191,7 @@ async def revoke_unused(
             leases.setdefault(value.lease.lease_id, (ref, value.lease, provider))
 
     async def one(ref: SecretRef, lease: Lease, provider: Provider) -> bool:
-        if not await revoke(provider, ref, lease):
+        if await revoke(provider, ref, lease) is not None:
             return False
         log.info("lease.revoked", provider=ref.provider, reference=shown(ref), reason="unused")
         return True

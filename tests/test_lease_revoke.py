@@ -313,6 +313,26 @@ def test_a_reload_that_replaces_the_provider_keeps_the_leases_waiting_for_it(
     assert "revoked" == wait_end(vault, old.lease_id, 4).event
 
 
+def test_a_transient_revoke_failure_is_tried_again(
+    agent: AgentFactory, tmp_path: Path, vault: VaultFake
+) -> None:
+    """Vault unavailable when the lease is due: the revocation is tried again after a wait
+    (until the lease's end), not given up."""
+    vault.db_roles["app"] = (60.0, 600.0)
+    ws = workspace(tmp_path, vault, "100ms")
+    ws.contents("out/app.env", "USER={{ secrets.pg.username }}\n")
+    ws.write()
+    first = agent(ws.config_path)
+    first.wait_for("agent.ready")
+    old = vault.lease_events[0]
+    first.kill()
+    vault.fail_next(503, count=4, paths="sys/leases/revoke")  # every attempt of one try
+    process = agent(ws.config_path)
+    process.wait_for("lease.revoke_failed", then=lambda then: then.startswith("retrying"))
+    assert "revoked" == wait_end(vault, old.lease_id, 5).event
+    process.wait_for("lease.revoked")
+
+
 # --- one-shot commands that only look ---------------------------------------------------------
 
 
