@@ -91,7 +91,8 @@ class TemplateState:
     """`time.monotonic()` at which a template whose write failed is rendered again."""
     write_failures: int = 0
     rendered_pass_started: float | None = None
-    """`time.time()` at which the last pass that rendered it without error began."""
+    """`time.monotonic()` at which the last pass that rendered it without error began (set
+    against a lease's replacement: a wall clock stepped back by NTP must not order them)."""
     held_refs: frozenset[SecretRef] | None = None
     """The secrets its last successful render used: what its file holds, while later renders
     fail (None: none in this run; its file holds what an earlier run wrote)."""
@@ -308,6 +309,7 @@ class Agent:
         if not chosen:
             return
         started = time.time()
+        started_mono = time.monotonic()
         result = await self.pipeline.run(
             chosen,
             resolver=self.cache.resolver(),
@@ -315,16 +317,16 @@ class Agent:
             ledger=self.ledger,
             run_actions=False,
         )
-        self._learn(result, started)
+        self._learn(result, started, started_mono)
         if self._inherited:
-            self._adopt_inherited(started)
+            self._adopt_inherited(started_mono)
         if len(self.ledger):
             self._actions_wake.set()
         if self.retiring:
             self._retire_wake.set()
         await self._write_status()
 
-    def _learn(self, result: PassResult, started: float) -> None:
+    def _learn(self, result: PassResult, started: float, started_mono: float) -> None:
         """Fold a pass into the index, the schedule, the templates' health and the watcher."""
         now = time.time()
         for item in result.templates:
@@ -347,7 +349,7 @@ class Agent:
                     state.retry_at = time.monotonic() + delay
             else:
                 state.last_success = now
-                state.rendered_pass_started = started
+                state.rendered_pass_started = started_mono
                 state.held_refs = frozenset(refs)
                 state.failing_since = None
                 state.error = None
@@ -683,7 +685,7 @@ class Agent:
             "lease.revoked",
             provider=ref.provider,
             reference=shown(ref),
-            replaced_s_ago=round(time.time() - item.replaced_at, 2),
+            replaced_s_ago=round(time.monotonic() - item.replaced_at, 2),
             grace=item.grace,
         )
         await self._write_status()  # the leases file: one fewer

@@ -103,7 +103,7 @@ class Replaced:
     ref: SecretRef
     lease: Lease
     at: float
-    """`time.time()` when the new value took its place."""
+    """`time.monotonic()` when the new value took its place."""
 
 
 @dataclass(slots=True)
@@ -288,7 +288,7 @@ class SecretCache:
         entry.fetched_at = now
         gone = old.lease if old is not None else None
         if gone is not None and (result.lease is None or result.lease.lease_id != gone.lease_id):
-            self.replaced.append(Replaced(ref, gone, now))
+            self.replaced.append(Replaced(ref, gone, time.monotonic()))
         if old is not None:
             earlier = self._previous.pop(ref, None)
             if earlier is not None:

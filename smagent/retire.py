@@ -59,7 +59,9 @@ class Retiring:
     provider: Provider
     """The instance that holds it: a reload that replaces the provider ends the wait."""
     replaced_at: float
-    """`time.time()` when the new credentials took its place."""
+    """`time.monotonic()` when the new credentials took its place (ordered against passes'
+    starts on the monotonic clock: a wall clock stepped back must not make an older pass
+    look later)."""
     grace: float
     ready_at: float | None = None
     """`time.monotonic()` when conditions 1 and 2 first held."""
@@ -96,7 +98,7 @@ class HostView:
     names no secret, but its file still holds the old credentials) and, for an inherited
     lease, those not rendered successfully by this run yet."""
     rendered_since: Callable[[str], float | None]
-    """`time.time()` at which the last pass that rendered a template without error began."""
+    """`time.monotonic()` at which the last pass that rendered a template without error began."""
     owes_actions: Callable[[str], bool]
     """Whether an action of a template is still owed (not run, or failing)."""
 

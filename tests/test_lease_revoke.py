@@ -333,6 +333,46 @@ def test_a_transient_revoke_failure_is_tried_again(
     process.wait_for("lease.revoked")
 
 
+CLOCK_BACK = """\
+import os
+import time
+
+_real = time.time
+_flag = os.environ["SMAGENT_TEST_CLOCK_BACK"]
+
+
+def _stepped() -> float:
+    return _real() - (30.0 if os.path.exists(_flag) else 0.0)
+
+
+time.time = _stepped
+"""
+
+
+def test_a_wall_clock_stepped_back_does_not_make_an_old_render_look_new(
+    agent: AgentFactory, tmp_path: Path, vault: VaultFake
+) -> None:
+    """The agent's wall clock steps back 30 s (NTP) before a replacement: the file rendered
+    before it, now failing to render, still holds the old lease; it is not revoked."""
+    hook = tmp_path / "clock"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CLOCK_BACK)
+    flag = tmp_path / "clock-back"
+    ws = workspace(tmp_path, vault, "100ms")
+    ws.contents("out/a.env", "USER={{ secrets.pg.username }}\n")
+    ws.contents("out/b.env", "USER={{ secrets.pg.username }}\n")
+    ws.write()
+    env = {"PYTHONPATH": str(hook), "SMAGENT_TEST_CLOCK_BACK": str(flag)}
+    process = agent(ws.config_path, env=env)
+    process.wait_for("agent.ready")
+    old = vault.lease_events[0]
+    flag.touch()
+    ws.templates[1]["contents"] = "{{ 1 // 0 }}USER={{ secrets.pg.username }}\n"
+    ws.write_config()
+    process.wait_for("template.failed")
+    assert "expired" == wait_end(vault, old.lease_id, TTL + 2).event
+
+
 # --- one-shot commands that only look ---------------------------------------------------------
 
 
