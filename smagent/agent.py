@@ -9,7 +9,7 @@ What outlives a pass lives here: the providers (sessions, tokens and leases
 survive a reload when their config did not change), the secret cache, the
 index of which template uses what, the scheduler, the compiled templates,
 the ledger of actions owed, and the replaced leases waiting for their
-revocation (smagent/retire.py; listed in state_dir/leases.json for the next
+revocation (smagent/retire.py; listed in state_dir/leases-<key>.json for the next
 start). A pass (`Pipeline.run`) is the same one
 `render --once` runs, given the cache's view as its resolver and the ledger.
 
@@ -46,9 +46,9 @@ from smagent.config import (
     TemplateSpec,
     load_config,
 )
-from smagent.held_leases import LEASES_FILE, HeldLease, read_held, write_held
+from smagent.held_leases import HeldLease, held_path, lock_held, read_held, write_held
 from smagent.index import Index
-from smagent.logging import REDACTOR, get_logger
+from smagent.logging import REDACTOR, get_logger, shown
 from smagent.notify import Notifier
 from smagent.pending import Journal, Ledger, key_of
 from smagent.pipeline import PassResult, Pipeline, Status
@@ -91,7 +91,11 @@ class TemplateState:
     """`time.monotonic()` at which a template whose write failed is rendered again."""
     write_failures: int = 0
     rendered_pass_started: float | None = None
-    """`time.time()` at which the last pass that rendered it without error began."""
+    """`time.monotonic()` at which the last pass that rendered it without error began (set
+    against a lease's replacement: a wall clock stepped back by NTP must not order them)."""
+    held_refs: frozenset[SecretRef] | None = None
+    """The secrets its last successful render used: what its file holds, while later renders
+    fail (None: none in this run; its file holds what an earlier run wrote)."""
 
 
 class Agent:
@@ -139,11 +143,15 @@ class Agent:
         self.retiring: list[Retiring] = []
         """Replaced leases waiting to be revoked (smagent/retire.py)."""
         self._retire_wake = asyncio.Event()
-        self._revoking: set[asyncio.Task[None]] = set()
+        self._revoking: dict[asyncio.Task[None], Retiring] = {}
+        """Revocations under way, each with its lease."""
         self._inherited: list[HeldLease] = []
         """Leases an earlier run left in the state folder: revoked once replaced here."""
-        self._held_written: frozenset[str] | None = None
-        """The lease ids `leases.json` lists now (None: not written by this run yet)."""
+        self._held_written: frozenset[tuple[str, float, float]] | None = None
+        """The leases its leases file lists now, with their ends (None: not written yet)."""
+        self._held_path: Path | None = None
+        """This config's leases file, locked by this process (None: not used)."""
+        self._held_fd: int | None = None
         self._write_errors: dict[str, str] = {}
         self._states_written: dict[str, str] = {}
         """Each provider's health state as the last status.json said it."""
@@ -159,9 +167,7 @@ class Agent:
             await self._open_providers(self.config.providers)
             self.journal = await Journal.open(self.config)
             await self.ledger.adopt(await self.journal.orphans(), self.config)
-            held_file = self._held_file()
-            if held_file is not None:
-                self._inherited = await asyncio.to_thread(read_held, held_file)
+            await self._hold_leases_file()
             self._sync_templates()
             log.info(
                 "agent.started",
@@ -266,7 +272,7 @@ class Agent:
             log.info(
                 "lease.revoke_postponed" if listed else "lease.left_to_expire",
                 provider=item.ref.provider,
-                reference=str(item.ref),
+                reference=shown(item.ref),
                 reason="the agent stopped before its grace ended",
                 then="the next start revokes it" if listed else "it ends on its own",
             )
@@ -274,6 +280,9 @@ class Agent:
             await self.watcher.close()
         await self._close_providers(list(self.providers))
         await self._write_status(stopped=True)
+        if self._held_fd is not None:  # the next start of this config may adopt them now
+            os.close(self._held_fd)
+            self._held_fd = None
         self.notifier.close()
         log.info("agent.stopped")
 
@@ -300,6 +309,7 @@ class Agent:
         if not chosen:
             return
         started = time.time()
+        started_mono = time.monotonic()
         result = await self.pipeline.run(
             chosen,
             resolver=self.cache.resolver(),
@@ -307,16 +317,16 @@ class Agent:
             ledger=self.ledger,
             run_actions=False,
         )
-        self._learn(result, started)
+        self._learn(result, started, started_mono)
         if self._inherited:
-            self._adopt_inherited(started)
+            self._adopt_inherited(started_mono)
         if len(self.ledger):
             self._actions_wake.set()
         if self.retiring:
             self._retire_wake.set()
         await self._write_status()
 
-    def _learn(self, result: PassResult, started: float) -> None:
+    def _learn(self, result: PassResult, started: float, started_mono: float) -> None:
         """Fold a pass into the index, the schedule, the templates' health and the watcher."""
         now = time.time()
         for item in result.templates:
@@ -339,7 +349,8 @@ class Agent:
                     state.retry_at = time.monotonic() + delay
             else:
                 state.last_success = now
-                state.rendered_pass_started = started
+                state.rendered_pass_started = started_mono
+                state.held_refs = frozenset(refs)
                 state.failing_since = None
                 state.error = None
                 state.retry_at = None
@@ -432,6 +443,9 @@ class Agent:
             self._mark_dirty(self.index.using(look.changed))
         elif self._provider_states() != self._states_written:
             await self._write_status()  # an outage (or its end) is news: not in 30 s
+        else:
+            async with self._status_lock:  # one writer of the leases file at a time
+                await self._persist_leases()  # a renewal: its new end, not in 30 s
 
     def _provider_states(self) -> dict[str, str]:
         return {
@@ -534,17 +548,42 @@ class Agent:
             if item.ref not in self.cache.entries:
                 later.append(item)  # not read by this run yet (or no longer used: it ends)
                 continue
-            self.retiring.append(Retiring(item.ref, item.lease, provider, started, grace))
+            self.retiring.append(
+                Retiring(item.ref, item.lease, provider, started, grace, inherited=True)
+            )
         self._inherited = later
         if self.retiring:
             self._retire_wake.set()
 
     def _held_file(self) -> Path | None:
+        return self._held_path
+
+    async def _hold_leases_file(self) -> None:
+        """Lock this config's leases file for the agent's life and read what an earlier run
+        left in it; not when another live agent holds it (the same config started twice)."""
         folder = self.journal.folder
-        return None if folder is None else folder.parent / LEASES_FILE
+        if folder is None:
+            return
+        path = held_path(folder.parent, self.config.path)
+        try:
+            fd = await asyncio.to_thread(lock_held, path)
+        except OSError as exc:
+            log.warning("leases.write_failed", path=str(path), error=str(exc))
+            return
+        if fd is None:
+            log.warning(
+                "leases.in_use",
+                path=str(path),
+                reason="another agent of this config uses this state folder",
+                consequence="the leases this one replaces end on their own",
+            )
+            return
+        self._held_fd = fd
+        self._held_path = path
+        self._inherited = await asyncio.to_thread(read_held, path, self.journal.config)
 
     async def _persist_leases(self) -> None:
-        """`leases.json` lists what this run holds (and still has to revoke), when that changed."""
+        """The leases file lists what this run holds (and still has to revoke), when changed."""
         path = self._held_file()
         if path is None:
             return
@@ -555,11 +594,14 @@ class Agent:
         ]
         held += [HeldLease(item.ref, item.lease) for item in self.retiring]
         held += self._inherited  # not adopted yet: still to be revoked by someone
-        ids = frozenset(item.lease.lease_id for item in held)
+        # a renewal moves a lease's end: the next start skips a lease whose listed end passed
+        ids = frozenset(
+            (item.lease.lease_id, item.lease.obtained_at, item.lease.duration_s) for item in held
+        )
         if ids == self._held_written:
             return
         try:
-            await asyncio.to_thread(write_held, path, held)
+            await asyncio.to_thread(write_held, path, self.journal.config, held)
         except (OSError, ValueError, WriteError) as exc:
             log.warning("leases.write_failed", path=str(path), error=str(exc))
             return
@@ -581,9 +623,19 @@ class Agent:
         def owes_actions(name: str) -> bool:
             return any(key in self.ledger.owed for key in actions.get(name, ()))
 
+        def using(item: Retiring) -> set[str]:
+            names = self.index.using({item.ref})
+            for name, state in self.templates.items():
+                if state.held_refs is None:
+                    if item.inherited:
+                        names.add(name)
+                elif item.ref in state.held_refs:
+                    names.add(name)
+            return names
+
         return HostView(
             still_held=still_held,
-            using=lambda ref: self.index.using({ref}),
+            using=using,
             rendered_since=rendered_since,
             owes_actions=owes_actions,
         )
@@ -597,13 +649,13 @@ class Agent:
                 log.info(
                     "lease.left_to_expire",
                     provider=item.ref.provider,
-                    reference=str(item.ref),
+                    reference=shown(item.ref),
                     reason=why,
                 )
             for item in found.due:
                 task = asyncio.create_task(self._revoke(item), name="revoke")
-                self._revoking.add(task)
-                task.add_done_callback(self._revoking.discard)
+                self._revoking[task] = item
+                task.add_done_callback(lambda done: self._revoking.pop(done, None))
             at = next_due(self.retiring)
             timeout = None if at is None else max(0.0, at - time.monotonic())
             with contextlib.suppress(TimeoutError):
@@ -613,8 +665,18 @@ class Agent:
     async def _revoke(self, item: Retiring) -> None:
         ref = item.ref
         ends_in = round(max(0.0, item.expires - time.time()), 1)
+        delay = item.retry_in()
+        retry_in = delay if time.time() + delay < item.expires else None
         try:
-            if not await retire.revoke(item.provider, ref, item.lease, ends_by_itself_in=ends_in):
+            refused = await retire.revoke(
+                item.provider, ref, item.lease, retry_in, ends_by_itself_in=ends_in
+            )
+            if refused is not None:
+                if refused.transient and retry_in is not None:  # tried again after a wait
+                    item.failures += 1
+                    item.retry_at = time.monotonic() + retry_in
+                    self.retiring.append(item)
+                    self._retire_wake.set()
                 return
         except Exception as exc:  # our bug: the same, and the loop goes on
             log.error("lease.revoke_crashed", provider=ref.provider, error_type=type(exc).__name__)
@@ -622,11 +684,11 @@ class Agent:
         log.info(
             "lease.revoked",
             provider=ref.provider,
-            reference=str(ref),
-            replaced_s_ago=round(time.time() - item.replaced_at, 2),
+            reference=shown(ref),
+            replaced_s_ago=round(time.monotonic() - item.replaced_at, 2),
             grace=item.grace,
         )
-        await self._write_status()  # leases.json: one fewer
+        await self._write_status()  # the leases file: one fewer
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -674,8 +736,15 @@ class Agent:
         except StartError as exc:
             self._reject([str(exc)])
             return
+        # leases waiting for a provider being replaced wait for the new instance, and its
+        # revocations under way end before it closes
+        closing = [task for task, item in self._revoking.items() if item.ref.provider in changed]
+        await asyncio.gather(*closing, return_exceptions=True)  # a refused one waits again
+        waiting = [item for item in self.retiring if item.ref.provider in changed]
+        self.retiring = [item for item in self.retiring if item.ref.provider not in changed]
         await self._close_providers(changed & set(self.providers))
-        replaced = [
+        replaced = [HeldLease(item.ref, item.lease) for item in waiting]
+        replaced += [
             HeldLease(ref, entry.value.lease)
             for ref, entry in self.cache.entries.items()
             if ref.provider in changed and entry.value is not None and entry.value.lease is not None
@@ -794,7 +863,7 @@ class Agent:
         leases = [
             health.LeaseHealth(
                 provider=entry.ref.provider,
-                secret=entry.ref.secret_id,
+                secret=REDACTOR.scrub(entry.ref.secret_id),
                 expires_at=entry.value.lease.obtained_at + entry.value.lease.duration_s,
                 renewable=entry.value.lease.renewable,
             )

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from smagent.logging import REDACTOR, Redactor, get_logger
+from smagent.logging import REDACTOR, Redactor, get_logger, shown
 from smagent.providers.base import (
     FetchResult,
     Lease,
@@ -103,7 +103,7 @@ class Replaced:
     ref: SecretRef
     lease: Lease
     at: float
-    """`time.time()` when the new value took its place."""
+    """`time.monotonic()` when the new value took its place."""
 
 
 @dataclass(slots=True)
@@ -288,13 +288,13 @@ class SecretCache:
         entry.fetched_at = now
         gone = old.lease if old is not None else None
         if gone is not None and (result.lease is None or result.lease.lease_id != gone.lease_id):
-            self.replaced.append(Replaced(ref, gone, now))
+            self.replaced.append(Replaced(ref, gone, time.monotonic()))
         if old is not None:
             earlier = self._previous.pop(ref, None)
             if earlier is not None:
                 self.redactor.retire(earlier.reveal())
             self._previous[ref] = old
-            log.info("secret.rotated", reference=str(ref), generation=entry.generation)
+            log.info("secret.rotated", reference=shown(ref), generation=entry.generation)
         return True
 
     def _failed(self, entry: Entry, error: ProviderError, now: float) -> None:
@@ -308,7 +308,7 @@ class SecretCache:
                 # permanent one (deleted, access revoked) is this secret's own news
                 log.warning(
                     "secret.check_failed",
-                    reference=str(entry.ref),
+                    reference=shown(entry.ref),
                     error=error.kind,
                     detail=error.detail,
                     keeping="the last good value",
@@ -317,7 +317,7 @@ class SecretCache:
     def _recovered(self, entry: Entry, now: float) -> None:
         error = entry.error
         if entry.value is not None and error is not None and not error.transient:
-            log.info("secret.recovered", reference=str(entry.ref))
+            log.info("secret.recovered", reference=shown(entry.ref))
         entry.error = None
         entry.failures = 0
         entry.failing_since = None

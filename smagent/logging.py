@@ -215,6 +215,13 @@ scrubbed, so a secret that happens to equal a folder name (a username, say) does
 out paths, and the mask cannot point at which name a secret equals."""
 
 
+def shown(ref: object) -> str:
+    """A secret reference as an event's `reference` field may show it (that field is not
+    scrubbed): a name computed in a template, registered by `Resolver.conceal`, masked.
+    For events whose reference comes from a fetch or a lease, not from a template's text."""
+    return REDACTOR.scrub(str(ref))
+
+
 def redact_processor(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:

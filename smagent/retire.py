@@ -10,8 +10,10 @@ TTL when renewal was refused): database users pile up.
 
 So a replaced lease is revoked when, and only when:
 
-1. every template that uses the secret rendered without error in a pass that
-   began after the replacement (its file holds the new credentials);
+1. every template that uses the secret -- or whose file may still hold it: its
+   last successful render used it, though its renders fail now -- rendered
+   without error in a pass that began after the replacement (its file holds
+   the new credentials);
 2. none of those templates' actions is still owed: the SIGHUP or reload ran
    (a failing action holds the revocation back);
 3. the provider's `revoke_replaced_after` passed since 1 and 2 first held:
@@ -38,11 +40,14 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from smagent.logging import REDACTOR, get_logger
+from smagent.logging import REDACTOR, get_logger, shown
 from smagent.providers.base import FetchResult, Lease, Provider, ProviderError, SecretValue
 from smagent.references import SecretRef
 
 log = get_logger()
+
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
 
 
 @dataclass(slots=True)
@@ -54,10 +59,19 @@ class Retiring:
     provider: Provider
     """The instance that holds it: a reload that replaces the provider ends the wait."""
     replaced_at: float
-    """`time.time()` when the new credentials took its place."""
+    """`time.monotonic()` when the new credentials took its place (ordered against passes'
+    starts on the monotonic clock: a wall clock stepped back must not make an older pass
+    look later)."""
     grace: float
     ready_at: float | None = None
     """`time.monotonic()` when conditions 1 and 2 first held."""
+    failures: int = 0
+    """Revocations refused for a transient reason (Vault unreachable, sealed, throttling)."""
+    retry_at: float = 0.0
+    """`time.monotonic()` before which it is not tried again."""
+    inherited: bool = False
+    """Held by an earlier run (or instance): a template not yet rendered by this one may
+    have it in its file."""
 
     @property
     def expires(self) -> float:
@@ -65,7 +79,11 @@ class Retiring:
         return self.lease.obtained_at + self.lease.duration_s
 
     def due_at(self) -> float | None:
-        return None if self.ready_at is None else self.ready_at + self.grace
+        return None if self.ready_at is None else max(self.ready_at + self.grace, self.retry_at)
+
+    def retry_in(self) -> float:
+        """The wait before the next try after a transient refusal: doubling, 1 s to 60 s."""
+        return min(RETRY_MAX, RETRY_FIRST * 2.0**self.failures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +92,13 @@ class HostView:
 
     still_held: Callable[[Retiring], bool]
     """Its secret is still used and its provider is the same instance."""
-    using: Callable[[SecretRef], set[str]]
-    """The templates that use a secret."""
+    using: Callable[[Retiring], set[str]]
+    """The templates whose file may hold the lease: those that use its secret now, those
+    whose last successful render used it (a render failing before its `secret(...)` call
+    names no secret, but its file still holds the old credentials) and, for an inherited
+    lease, those not rendered successfully by this run yet."""
     rendered_since: Callable[[str], float | None]
-    """`time.time()` at which the last pass that rendered a template without error began."""
+    """`time.monotonic()` at which the last pass that rendered a template without error began."""
     owes_actions: Callable[[str], bool]
     """Whether an action of a template is still owed (not run, or failing)."""
 
@@ -118,7 +139,7 @@ def next_due(pending: list[Retiring]) -> float | None:
 
 
 def _ready(item: Retiring, view: HostView) -> bool:
-    templates = view.using(item.ref)
+    templates = view.using(item)
     if not templates:
         return False
     for name in templates:
@@ -128,22 +149,31 @@ def _ready(item: Retiring, view: HostView) -> bool:
     return True
 
 
-async def revoke(provider: Provider, ref: SecretRef, lease: Lease, **told: object) -> bool:
-    """Revoke one lease; a refusal is logged (with `told`), since the lease then ends on its
-    own at its expiry: nothing to retry. Whether it was revoked."""
+async def revoke(
+    provider: Provider,
+    ref: SecretRef,
+    lease: Lease,
+    retry_in: float | None = None,
+    **told: object,
+) -> ProviderError | None:
+    """Revoke one lease; a refusal is logged (with `told`) and returned (None: revoked). A
+    transient one is retried by the caller in `retry_in` s when given; else the lease ends
+    on its own at its expiry."""
     try:
         await provider.revoke(ref, lease)
     except ProviderError as exc:
+        retrying = exc.transient and retry_in is not None
         log.warning(
             "lease.revoke_failed",
             provider=ref.provider,
-            reference=str(ref),
+            reference=shown(ref),
             error=exc.kind,
             detail=REDACTOR.scrub(exc.detail),
+            then=f"retrying in {retry_in} s" if retrying else "it ends on its own",
             **told,
         )
-        return False
-    return True
+        return exc
+    return None
 
 
 async def revoke_unused(
@@ -163,9 +193,9 @@ async def revoke_unused(
             leases.setdefault(value.lease.lease_id, (ref, value.lease, provider))
 
     async def one(ref: SecretRef, lease: Lease, provider: Provider) -> bool:
-        if not await revoke(provider, ref, lease):
+        if await revoke(provider, ref, lease) is not None:
             return False
-        log.info("lease.revoked", provider=ref.provider, reference=str(ref), reason="unused")
+        log.info("lease.revoked", provider=ref.provider, reference=shown(ref), reason="unused")
         return True
 
     done = await asyncio.gather(*(one(*item) for item in leases.values()))

@@ -80,7 +80,7 @@ from azure.identity.aio import (
 from azure.keyvault.secrets.aio import SecretClient
 
 from smagent.config import AzureProviderConfig
-from smagent.logging import get_logger
+from smagent.logging import get_logger, shown
 from smagent.providers import ProviderSetupError
 from smagent.providers.base import (
     AccessDenied,
@@ -295,7 +295,7 @@ class AzureProvider(BaseProvider):
                 log.warning(
                     "secret.expired",
                     provider=self.name,
-                    reference=str(ref),
+                    reference=shown(ref),
                     expired_at=expires.isoformat(),
                 )
             else:
