@@ -558,6 +558,55 @@ def logged_at(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
+def ride_out_an_outage(
+    process: AgentProcess,
+    ws: AgentWorkspace,
+    gate: Gate,
+    provider: str,
+    asked: Callable[[], int],
+    change: Callable[[], None],
+    out: Path,
+    before: str,
+    after: str,
+    sighup_counter: SighupCounter,
+) -> None:
+    """The outage both stores go through: up for 5 cycles, down for 6 while `change` is made
+    at the store (file kept, no signal, one `provider.unavailable`, status says unavailable),
+    then up again: the change arrives with one `provider.recovered` and one more SIGHUP."""
+    cycles(process, 2, provider=provider)
+    up_start, count = time.monotonic(), asked()
+    cycles(process, 5, provider=provider)
+    up = (up_start, time.monotonic(), asked() - count)
+    stamp = out.stat().st_mtime_ns
+
+    mark = process.mark()
+    gate.set("down")
+    down_at = time.monotonic()
+    process.wait_for("provider.unavailable", provider=provider)
+    change()
+    cycles(process, 6, provider=provider)
+    wait_until(lambda: provider_state(ws, provider) == "unavailable", 2, "status: unavailable")
+    up_again = time.monotonic()
+    assert process.alive()
+    assert stamp == out.stat().st_mtime_ns
+    assert before == read(out)
+    assert 1 == sighup_counter.count()
+    assert 1 == len(process.events("provider.unavailable", since=mark))
+    assert [] == process.events("template.rendered", since=mark)
+    assert [] == process.events("template.failed", since=mark)
+
+    gate.set("open")
+    process.wait_for("provider.recovered", provider=provider)
+    wait_until(lambda: read(out) == after, REFRESH + SETTLE, "the change after the outage")
+    sighup_counter.wait_count(2, timeout=SETTLE)
+    wait_until(lambda: provider_state(ws, provider) == "ok", 2, "status.json: ok again")
+    cycles(process, 2, provider=provider)
+    assert 1 == len(process.events("provider.unavailable", since=mark))
+    assert 1 == len(process.events("provider.recovered", since=mark))
+    assert 2 == sighup_counter.count()
+    report_outage(provider, process, gate, mark, up, (down_at, up_again))
+
+
 def test_aws_outage_keeps_files_logs_once_and_recovers_with_the_rotation_made_meanwhile(
     agent: AgentFactory,
     tmp_path: Path,
@@ -574,38 +623,20 @@ def test_aws_outage_keeps_files_logs_once_and_recovers_with_the_rotation_made_me
     process = agent(ws.config_path, env=AWS, log_level="debug")
     process.wait_for("agent.ready")
     sighup_counter.wait_count(1)
-    cycles(process, 2, provider="aws")
-    up_start, asked = time.monotonic(), moto.count()
-    cycles(process, 5, provider="aws")
-    up = (up_start, time.monotonic(), moto.count() - asked)
-    stamp = out.stat().st_mtime_ns
-
-    mark = process.mark()
-    aws_gate.set("down")
-    down_at = time.monotonic()
-    process.wait_for("provider.unavailable", provider="aws")
-    client.put_secret_value(SecretId="prod/db", SecretString=json.dumps({"password": AWS_THREE}))
-    cycles(process, 6, provider="aws")
-    wait_until(lambda: provider_state(ws, "aws") == "unavailable", 2, "status.json: unavailable")
-    up_again = time.monotonic()
-    assert process.alive()
-    assert stamp == out.stat().st_mtime_ns
-    assert f"pw={AWS_ONE}\n" == read(out)
-    assert 1 == sighup_counter.count()
-    assert 1 == len(process.events("provider.unavailable", since=mark))
-    assert [] == process.events("template.rendered", since=mark)
-    assert [] == process.events("template.failed", since=mark)
-
-    aws_gate.set("open")
-    process.wait_for("provider.recovered", provider="aws")
-    wait_until(lambda: read(out) == f"pw={AWS_THREE}\n", REFRESH + SETTLE, "rotation after")
-    sighup_counter.wait_count(2, timeout=SETTLE)
-    wait_until(lambda: provider_state(ws, "aws") == "ok", 2, "status.json: ok again")
-    cycles(process, 2, provider="aws")
-    assert 1 == len(process.events("provider.unavailable", since=mark))
-    assert 1 == len(process.events("provider.recovered", since=mark))
-    assert 2 == sighup_counter.count()
-    report_outage("aws", process, aws_gate, mark, up, (down_at, up_again))
+    ride_out_an_outage(
+        process,
+        ws,
+        aws_gate,
+        "aws",
+        moto.count,
+        lambda: client.put_secret_value(
+            SecretId="prod/db", SecretString=json.dumps({"password": AWS_THREE})
+        ),
+        out,
+        f"pw={AWS_ONE}\n",
+        f"pw={AWS_THREE}\n",
+        sighup_counter,
+    )
 
 
 def test_vault_outage_keeps_files_logs_once_and_recovers_with_the_version_made_meanwhile(
@@ -629,37 +660,18 @@ def test_vault_outage_keeps_files_logs_once_and_recovers_with_the_version_made_m
     process = agent(ws.config_path, log_level="debug")
     process.wait_for("agent.ready")
     sighup_counter.wait_count(1)
-    cycles(process, 2, provider="vault")
-    up_start, asked = time.monotonic(), len(vault.requests)
-    cycles(process, 5, provider="vault")
-    up = (up_start, time.monotonic(), len(vault.requests) - asked)
-    stamp = out.stat().st_mtime_ns
-
-    mark = process.mark()
-    vault_gate.set("down")
-    down_at = time.monotonic()
-    process.wait_for("provider.unavailable", provider="vault")
-    vault.put_kv2("app", {"password": KV_TWO})
-    cycles(process, 6, provider="vault")
-    wait_until(lambda: provider_state(ws, "vault") == "unavailable", 2, "status: unavailable")
-    up_again = time.monotonic()
-    assert process.alive()
-    assert stamp == out.stat().st_mtime_ns
-    assert f"PW={KV_ONE}\n" == read(out)
-    assert 1 == sighup_counter.count()
-    assert 1 == len(process.events("provider.unavailable", since=mark))
-    assert [] == process.events("template.rendered", since=mark)
-
-    vault_gate.set("open")
-    process.wait_for("provider.recovered", provider="vault")
-    wait_until(lambda: read(out) == f"PW={KV_TWO}\n", REFRESH + SETTLE, "version after")
-    sighup_counter.wait_count(2, timeout=SETTLE)
-    wait_until(lambda: provider_state(ws, "vault") == "ok", 2, "status.json: ok again")
-    cycles(process, 2, provider="vault")
-    assert 1 == len(process.events("provider.unavailable", since=mark))
-    assert 1 == len(process.events("provider.recovered", since=mark))
-    assert 2 == sighup_counter.count()
-    report_outage("vault", process, vault_gate, mark, up, (down_at, up_again))
+    ride_out_an_outage(
+        process,
+        ws,
+        vault_gate,
+        "vault",
+        lambda: len(vault.requests),
+        lambda: vault.put_kv2("app", {"password": KV_TWO}),
+        out,
+        f"PW={KV_ONE}\n",
+        f"PW={KV_TWO}\n",
+        sighup_counter,
+    )
 
 
 def test_aws_throttling_storm_keeps_files_and_recovers(
